@@ -8,6 +8,15 @@
 //! signature and the checksums say so.
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod digest;
+pub mod lock;
+pub mod meta;
 pub mod oci;
+pub mod path;
+pub mod read;
 pub mod reference;
+pub mod sign;
+pub mod source;
+pub mod sums;
+pub mod write;

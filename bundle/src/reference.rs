@@ -107,9 +107,14 @@ impl FromStr for ImageRef {
         if registry == "index.docker.io" || registry == "registry-1.docker.io" {
             return Err(err("use docker.io as the registry name"));
         }
-        if registry
-            .bytes()
-            .any(|b| !(b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        if !registry
+            .as_bytes()
+            .first()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'[')
+            || registry.contains("..")
+            || registry
+                .bytes()
+                .any(|b| !(b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
         {
             return Err(err("bad registry host"));
         }

@@ -1,0 +1,183 @@
+//! Signing keys and signatures, in minisign's format so that the standard
+//! `minisign -Vm SHA256SUMS -p site.pub` verifies what airgap signs.
+//!
+//! Only `SHA256SUMS` is signed; every other entry is covered by its hash in
+//! that file. The trusted comment (which the signature also covers) names the
+//! bundle, so a signature cannot be moved to another bundle's checksums
+//! without it showing.
+
+use std::io::Cursor;
+use std::path::Path;
+
+pub use minisign::{PublicKey, SecretKey};
+
+/// A signature that does not verify, or a key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    #[error("signature of {what} does not verify with the given public key: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("signature of {what} was made with key {found}, not with the trusted key {trusted}")]
+    WrongKey {
+        what: String,
+        trusted: String,
+        found: String,
+    },
+    #[error("{what}: not a minisign signature: {reason}")]
+    Malformed { what: String, reason: String },
+}
+
+/// A freshly generated key pair, as the text of the two files.
+pub struct GeneratedKeys {
+    pub public_key_file: String,
+    pub secret_key_file: String,
+    pub key_id: String,
+}
+
+/// Key ids are printed as minisign prints them: 16 upper-case hex digits of
+/// the little-endian key number.
+fn key_id(keynum: &[u8]) -> String {
+    keynum.iter().rev().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Generates a key pair; with a password the secret key is encrypted with
+/// minisign's scrypt parameters, without one it is stored in the clear.
+pub fn generate(password: Option<String>) -> anyhow::Result<GeneratedKeys> {
+    let pair = match password {
+        Some(pw) => minisign::KeyPair::generate_encrypted_keypair(Some(pw))?,
+        None => minisign::KeyPair::generate_unencrypted_keypair()?,
+    };
+    let id = key_id(pair.pk.keynum());
+    Ok(GeneratedKeys {
+        public_key_file: pair.pk.to_box()?.into_string(),
+        secret_key_file: pair
+            .sk
+            .to_box(Some(&format!("airgap secret key {id}")))?
+            .into_string(),
+        key_id: id,
+    })
+}
+
+/// Reads a secret key file; an encrypted one needs its password.
+pub fn load_secret_key(path: &Path, password: Option<String>) -> anyhow::Result<SecretKey> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading secret key {}", path.display()))?;
+    let sk_box = minisign::SecretKeyBox::from_string(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a minisign secret key: {e}", path.display()))?;
+    match password {
+        Some(pw) => sk_box.into_secret_key(Some(pw)).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot decrypt the secret key (wrong password?): {e}",
+                path.display()
+            )
+        }),
+        None => {
+            let sk = sk_box.into_unencrypted_secret_key().map_err(|e| {
+                anyhow::anyhow!("{}: cannot read the secret key: {e}", path.display())
+            })?;
+            if sk.is_encrypted() {
+                anyhow::bail!(
+                    "{} is encrypted: give its password with --password-file or AIRGAP_KEY_PASSWORD",
+                    path.display()
+                );
+            }
+            Ok(sk)
+        }
+    }
+}
+
+/// Reads a public key file (`minisign -G`'s `.pub` or ours) or a bare base64 key.
+pub fn load_public_key(path: &Path) -> anyhow::Result<PublicKey> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading public key {}", path.display()))?;
+    parse_public_key(&text)
+        .with_context(|| format!("{}: not a minisign public key", path.display()))
+}
+
+pub fn parse_public_key(text: &str) -> anyhow::Result<PublicKey> {
+    let trimmed = text.trim();
+    let key = if trimmed.lines().count() == 1 {
+        PublicKey::from_base64(trimmed)?
+    } else {
+        minisign::PublicKeyBox::from_string(text)?.into_public_key()?
+    };
+    Ok(key)
+}
+
+/// The id of a public key, as `minisign` prints it.
+pub fn public_key_id(pk: &PublicKey) -> String {
+    key_id(pk.keynum())
+}
+
+/// Signs `data` and returns the text of the `.minisig` file.
+pub fn sign(sk: &SecretKey, data: &[u8], trusted_comment: &str) -> anyhow::Result<String> {
+    let sig = minisign::sign(
+        None,
+        sk,
+        Cursor::new(data),
+        Some(trusted_comment),
+        Some("signature from airgap secret key"),
+    )?;
+    Ok(sig.into_string())
+}
+
+/// Verifies the `.minisig` text over `data` and returns its trusted comment.
+pub fn verify(
+    pk: &PublicKey,
+    what: &str,
+    signature: &str,
+    data: &[u8],
+) -> Result<String, SignatureError> {
+    let sig_box =
+        minisign::SignatureBox::from_string(signature).map_err(|e| SignatureError::Malformed {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
+    if sig_box.keynum() != pk.keynum() {
+        return Err(SignatureError::WrongKey {
+            what: what.to_string(),
+            trusted: key_id(pk.keynum()),
+            found: key_id(sig_box.keynum()),
+        });
+    }
+    minisign::verify(pk, &sig_box, Cursor::new(data), true, false, false).map_err(|e| {
+        SignatureError::Invalid {
+            what: what.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    sig_box
+        .trusted_comment()
+        .map_err(|e| SignatureError::Malformed {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify_round_trip() {
+        let keys = generate(None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k.key"), &keys.secret_key_file).unwrap();
+        std::fs::write(dir.path().join("k.pub"), &keys.public_key_file).unwrap();
+        let sk = load_secret_key(&dir.path().join("k.key"), None).unwrap();
+        let pk = load_public_key(&dir.path().join("k.pub")).unwrap();
+        let sig = sign(&sk, b"data", "airgap test").unwrap();
+        assert_eq!(
+            verify(&pk, "SHA256SUMS", &sig, b"data").unwrap(),
+            "airgap test"
+        );
+        let err = verify(&pk, "SHA256SUMS", &sig, b"datA").unwrap_err();
+        assert!(matches!(err, SignatureError::Invalid { .. }), "{err}");
+        let other = generate(None).unwrap();
+        let other_pk = parse_public_key(&other.public_key_file).unwrap();
+        let err = verify(&other_pk, "SHA256SUMS", &sig, b"data").unwrap_err();
+        assert!(matches!(err, SignatureError::WrongKey { .. }), "{err}");
+        assert!(verify(&pk, "x", "garbage", b"data").is_err());
+    }
+}
