@@ -1,2 +1,21 @@
 //! Test rig for airgap, used by the tests, `scripts/demo` and the benchmarks.
+//!
+//! Everything here runs on 127.0.0.1 and cleans up after itself on drop: a
+//! real registry ([`registry`]), a k3s release download site ([`release`]),
+//! images built in code ([`image`]), pushed byte-exact ([`push`]) as the demo
+//! and benchmark sets ([`seed`]). It is test code: it trusts its own servers.
 #![forbid(unsafe_code)]
+
+pub mod http;
+pub mod image;
+pub mod push;
+pub mod registry;
+pub mod release;
+pub mod seed;
+pub mod serve;
+
+pub use image::{busybox_layer, Image, ImageIndex, ImageSpec, Kind, Layer, LayerBuilder};
+pub use push::RegistryClient;
+pub use registry::{Registry, RegistryOptions};
+pub use release::ReleaseServer;
+pub use seed::{seed_bench, seed_demo, Seeded, SeededImage};

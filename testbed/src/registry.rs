@@ -1,0 +1,363 @@
+//! A real CNCF distribution registry (Debian's `docker-registry`) on a
+//! loopback port, with its storage, config and log in a temp dir of its own.
+//!
+//! The registry runs under a small `sh` watchdog whose stdin is a pipe held by
+//! [`Registry`]: when the handle is dropped, stopped, or this process dies for
+//! any reason (even SIGKILL), the pipe closes and the watchdog kills the
+//! registry, so no registry outlives its test.
+
+use crate::http;
+use airgap_bundle::digest::Digest;
+use anyhow::{bail, Context, Result};
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The registry program (Debian package `docker-registry`).
+pub const REGISTRY_PROGRAM: &str = "docker-registry";
+
+/// How long [`Registry::start_with`] waits for `GET /v2/` to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the registry, and kills it when this shell's stdin reaches end of
+/// file. `$1` config, `$2` log file, `$3` program.
+const WATCHDOG: &str = r#"
+exec 3<&0
+"$3" serve "$1" </dev/null 3<&- >>"$2" 2>&1 &
+pid=$!
+( read -r _ <&3; kill -KILL "$pid" ) 2>/dev/null &
+exec 3<&-
+wait "$pid"
+"#;
+
+/// How to run the registry. Built with the methods below; `Default` is a
+/// plain-HTTP registry without auth, deletes enabled, logging at `warn`.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    log_level: String,
+    delete_enabled: bool,
+    parent_dir: Option<PathBuf>,
+    program: String,
+    htpasswd: Option<(String, String)>,
+    tls_self_signed: bool,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            log_level: "warn".into(),
+            delete_enabled: true,
+            parent_dir: None,
+            program: REGISTRY_PROGRAM.into(),
+            htpasswd: None,
+            tls_self_signed: false,
+        }
+    }
+}
+
+impl RegistryOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registry log level (`error`, `warn`, `info`, `debug`).
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_string();
+        self
+    }
+
+    /// Whether `DELETE` of manifests and blobs is allowed (default: yes).
+    pub fn delete_enabled(mut self, enabled: bool) -> Self {
+        self.delete_enabled = enabled;
+        self
+    }
+
+    /// Creates the registry's temp dir inside `dir` instead of the system temp
+    /// dir (it is still removed on drop).
+    pub fn in_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.parent_dir = Some(dir.into());
+        self
+    }
+
+    /// The registry program to run (default `docker-registry` from `PATH`).
+    pub fn program(mut self, program: &str) -> Self {
+        self.program = program.to_string();
+        self
+    }
+
+    /// Requires HTTP basic auth with one htpasswd user. Not implemented yet:
+    /// the registry only reads bcrypt entries; [`Registry::start_with`]
+    /// reports it as unsupported.
+    pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
+        self.htpasswd = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// Serves HTTPS with a self-signed certificate for 127.0.0.1. Not
+    /// implemented yet; [`Registry::start_with`] reports it as unsupported.
+    pub fn tls_self_signed(mut self) -> Self {
+        self.tls_self_signed = true;
+        self
+    }
+
+    fn config_yaml(&self, root: &Path, addr: &str) -> String {
+        // Paths are our own temp paths; quote them anyway for YAML.
+        format!(
+            "version: 0.1\n\
+             log:\n  level: {level}\n  formatter: text\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: \"{root}\"\n  delete:\n    enabled: {delete}\n  \
+             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: {addr}\n  headers:\n    X-Content-Type-Options: [nosniff]\n\
+             health:\n  storagedriver:\n    enabled: false\n",
+            level = self.log_level,
+            root = root.display(),
+            delete = self.delete_enabled,
+        )
+    }
+}
+
+/// A running registry. Stopped and its temp dir removed on drop.
+pub struct Registry {
+    dir: tempfile::TempDir,
+    addr: String,
+    watchdog: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Registry {
+    /// Starts a plain-HTTP registry with default options.
+    pub fn start() -> Result<Registry> {
+        Self::start_with(RegistryOptions::default())
+    }
+
+    /// Starts a registry and waits until `GET /v2/` answers 200.
+    pub fn start_with(options: RegistryOptions) -> Result<Registry> {
+        if options.htpasswd.is_some() {
+            bail!("registry basic auth (htpasswd) is not implemented in the testbed yet");
+        }
+        if options.tls_self_signed {
+            bail!("registry TLS is not implemented in the testbed yet");
+        }
+        let dir = match &options.parent_dir {
+            Some(p) => tempfile::Builder::new().prefix("registry-").tempdir_in(p),
+            None => tempfile::Builder::new()
+                .prefix("airgap-registry-")
+                .tempdir(),
+        }
+        .context("creating the registry's temp dir")?;
+        // Another process may take the port between our probe and the
+        // registry's bind; try a few ports before giving up.
+        let mut last_err = None;
+        let mut registry = Registry {
+            dir,
+            addr: String::new(),
+            watchdog: None,
+            stdin: None,
+        };
+        for _ in 0..3 {
+            match registry.spawn(&options) {
+                Ok(()) => return Ok(registry),
+                Err(e) => {
+                    registry.stop();
+                    let in_use = e.to_string().contains("address already in use");
+                    last_err = Some(e);
+                    if !in_use {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    fn spawn(&mut self, options: &RegistryOptions) -> Result<()> {
+        let port = free_port()?;
+        self.addr = format!("127.0.0.1:{port}");
+        let root = self.storage_root();
+        std::fs::create_dir_all(&root)?;
+        let config = self.dir.path().join("config.yml");
+        std::fs::write(&config, options.config_yaml(&root, &self.addr))?;
+        let log = self.log_path();
+        std::fs::write(&log, b"")?;
+
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(WATCHDOG)
+            .arg("airgap-registry-watchdog")
+            .arg(&config)
+            .arg(&log)
+            .arg(&options.program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // The registry reads REGISTRY_* variables as config overrides; a
+        // script that sourced testbed.env must not reconfigure it.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("REGISTRY") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} under /bin/sh", options.program))?;
+        self.stdin = child.stdin.take();
+        self.watchdog = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = format!("{}/v2/", self.url());
+        loop {
+            if let Some(child) = self.watchdog.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "registry exited ({status}) before answering; log tail:\n{}",
+                        self.log_tail(30)
+                    );
+                }
+            }
+            if let Ok(resp) = http::get(&url, &[]) {
+                if resp.status == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "registry on {} did not answer GET /v2/ within {:?}; log tail:\n{}",
+                    self.addr,
+                    READY_TIMEOUT,
+                    self.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The registry's temp dir (config, log, storage).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The filesystem storage root.
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Where the registry keeps the bytes of blob `digest`, for tests that
+    /// tamper with stored content.
+    pub fn blob_data_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.storage_root()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(&hex)
+            .join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// The last `lines` lines of the registry's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Whether the registry process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.watchdog.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kills the registry and waits for it (tests use this to simulate a dead
+    /// registry). The storage stays until drop. Idempotent.
+    pub fn stop(&mut self) {
+        // Closing the pipe makes the watchdog kill the registry and exit.
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.flush();
+        }
+        if let Some(mut child) = self.watchdog.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+    }
+
+    /// A client for pushing to and reading from this registry.
+    pub fn client(&self) -> crate::push::RegistryClient {
+        crate::push::RegistryClient::new(&self.addr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_answers_and_stops() {
+        let mut reg = Registry::start().unwrap();
+        assert!(reg.url().starts_with("http://127.0.0.1:"));
+        let resp = http::get(&format!("{}/v2/", reg.url()), &[]).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            resp.header("docker-distribution-api-version"),
+            Some("registry/2.0")
+        );
+        let d = Digest::of(b"x");
+        let p = reg.blob_data_path(&d);
+        assert!(p.ends_with(format!("blobs/sha256/{}/{}/data", &d.hex()[..2], d.hex())));
+        assert!(reg.is_running());
+        reg.stop();
+        assert!(!reg.is_running());
+        assert!(http::get(&format!("{}/v2/", reg.url()), &[]).is_err());
+        let dir = reg.dir().to_path_buf();
+        drop(reg);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn reports_a_registry_that_cannot_start() {
+        let err = Registry::start_with(RegistryOptions::new().program("/bin/false"))
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("registry exited"), "{err:#}");
+    }
+}
