@@ -1,0 +1,664 @@
+//! Pulling images from registries into the blob store, verified.
+//!
+//! Trusts nothing a registry says except through digests: the top manifest
+//! must hash to the pinned digest when there is one (else its digest is
+//! recorded as pulled), each platform manifest and blob must hash to the
+//! digest and size its parent names. Manifests are stored byte for byte;
+//! blobs stream through [`BlobWriter`](crate::store::BlobWriter) and are
+//! published only once verified. The HTTP work is oci-client's (auth, token
+//! exchange, redirects); the decisions (which platform, what to keep, what
+//! to check) are made here.
+
+use crate::progress::Progress;
+use crate::release::{error_chain, install_tls_provider, USER_AGENT};
+use crate::store::{BlobStore, Claim};
+use airgap_bundle::digest::{Digest, DigestMismatch, Hashed};
+use airgap_bundle::oci::{
+    is_manifest, AnyManifest, Descriptor, Manifest, Platform, MANIFEST_MEDIA_TYPES,
+    MAX_MANIFEST_BYTES,
+};
+use airgap_bundle::reference::ImageRef;
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Largest image config read to learn a single-platform image's platform.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Where images are pulled from and how hard.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// `(registry, url)`: images named `registry/...` are pulled from the
+    /// mirror at `url` (`http://127.0.0.1:5000`, `https://mirror.local`, or a
+    /// bare host). An `http://` URL means plain HTTP for that host.
+    pub mirrors: Vec<(String, String)>,
+    /// Hosts spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Manifests and blobs fetched at once, over all images.
+    pub jobs: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            mirrors: Vec::new(),
+            insecure: Vec::new(),
+            jobs: 4,
+        }
+    }
+}
+
+/// Parses a `--registry-mirror` value, `REGISTRY=URL`.
+pub fn parse_mirror(arg: &str) -> Result<(String, String)> {
+    match arg.split_once('=') {
+        Some((registry, url)) if !registry.is_empty() && !url.is_empty() => {
+            mirror_host(url)?;
+            Ok((registry.to_string(), url.to_string()))
+        }
+        _ => bail!("invalid registry mirror {arg:?}: expected REGISTRY=URL, e.g. docker.io=http://127.0.0.1:5000"),
+    }
+}
+
+/// The host of a mirror URL, and whether it is plain HTTP.
+fn mirror_host(url: &str) -> Result<(String, bool)> {
+    let (rest, plain) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, true)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, false)
+    } else if url.contains("://") {
+        bail!("registry mirror {url:?}: only http:// and https:// are supported");
+    } else {
+        (url, false)
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        bail!("registry mirror {url:?}: expected a scheme and host[:port], without a path");
+    }
+    Ok((host.to_string(), plain))
+}
+
+/// An image as pulled into the store.
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    /// The name the image is known by, as asked (tag form when it has a
+    /// tag), never the mirror's host.
+    pub reference: ImageRef,
+    /// The top-level manifest or index, exactly as pulled and stored.
+    pub top: Descriptor,
+    /// The image manifest chosen for each requested platform.
+    pub platforms: Vec<(Platform, Descriptor)>,
+    /// Every blob the bundle needs for this image, each once: the top, the
+    /// platform manifests, the configs and the layers.
+    pub blobs: Vec<Descriptor>,
+}
+
+/// Pulls images; one per run, shared by all images so that `jobs` bounds
+/// the whole run.
+pub struct Puller {
+    client: Client,
+    /// Image registry -> host actually contacted.
+    mirrors: HashMap<String, String>,
+    plain_http: HashSet<String>,
+    permits: Arc<Semaphore>,
+    jobs: usize,
+}
+
+impl Puller {
+    pub fn new(config: RegistryConfig) -> Result<Puller> {
+        install_tls_provider();
+        let mut mirrors = HashMap::new();
+        let mut plain_http: HashSet<String> = HashSet::new();
+        for (registry, url) in &config.mirrors {
+            let (host, plain) = mirror_host(url)?;
+            if plain {
+                plain_http.insert(host.clone());
+            }
+            mirrors.insert(registry.clone(), host);
+        }
+        for host in &config.insecure {
+            plain_http.insert(host.clone());
+            if host == "docker.io" {
+                // oci-client contacts Docker Hub under this name.
+                plain_http.insert("index.docker.io".to_string());
+            }
+        }
+        let jobs = config.jobs.max(1);
+        let client_config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain_http.iter().cloned().collect()),
+            // Indexes are resolved here, for every wanted platform.
+            platform_resolver: None,
+            max_concurrent_download: jobs,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(120)),
+            user_agent: USER_AGENT,
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(client_config)
+            .map_err(|e| anyhow!("creating the registry client: {}", error_chain(&e)))?;
+        Ok(Puller {
+            client,
+            mirrors,
+            plain_http,
+            permits: Arc::new(Semaphore::new(jobs)),
+            jobs,
+        })
+    }
+
+    /// The host pulls of `image` contact (a mirror's, or the registry's).
+    pub fn host_for(&self, image: &ImageRef) -> String {
+        self.source(image).resolve_registry().to_string()
+    }
+
+    fn source(&self, image: &ImageRef) -> Reference {
+        let registry = self
+            .mirrors
+            .get(&image.registry)
+            .unwrap_or(&image.registry)
+            .clone();
+        let repository = image.repository.clone();
+        match (&image.digest, &image.tag) {
+            (Some(digest), _) => Reference::with_digest(registry, repository, digest.to_string()),
+            (None, tag) => Reference::with_tag(
+                registry,
+                repository,
+                tag.clone().unwrap_or_else(|| "latest".to_string()),
+            ),
+        }
+    }
+
+    /// Pulls `image` for each of `platforms` into `store`. When the image
+    /// pins a digest it is fetched by that digest and must match it.
+    pub async fn pull(
+        &self,
+        image: &ImageRef,
+        platforms: &[Platform],
+        store: &BlobStore,
+        progress: &dyn Progress,
+    ) -> Result<PulledImage> {
+        let source = self.source(image);
+        let host = source.resolve_registry().to_string();
+        let job = Job {
+            puller: self,
+            image,
+            source,
+            host,
+            store,
+            progress,
+        };
+        progress.image_started(image);
+        match job.run(platforms).await {
+            Ok(pulled) => {
+                let bytes = pulled.blobs.iter().map(|d| d.size).sum();
+                progress.image_done(image, pulled.blobs.len(), bytes);
+                Ok(pulled)
+            }
+            Err(e) => {
+                progress.image_failed(image);
+                Err(e.context(format!("pulling {image} from {}", job.host)))
+            }
+        }
+    }
+}
+
+/// One image's pull.
+struct Job<'a> {
+    puller: &'a Puller,
+    image: &'a ImageRef,
+    /// The image as named on the host contacted.
+    source: Reference,
+    host: String,
+    store: &'a BlobStore,
+    progress: &'a dyn Progress,
+}
+
+impl Job<'_> {
+    async fn run(&self, platforms: &[Platform]) -> Result<PulledImage> {
+        if platforms.is_empty() {
+            bail!("no platform requested");
+        }
+        let what = match (&self.image.digest, &self.image.tag) {
+            (Some(d), _) => format!("manifest {d}"),
+            (None, tag) => format!("manifest {}", tag.as_deref().unwrap_or("latest")),
+        };
+        let bytes = self
+            .fetch_manifest(&self.source, self.image.digest.map(|d| (d, None)))
+            .await
+            .with_context(|| what.clone())?;
+        let parsed = AnyManifest::parse(&what, None, &bytes)?;
+        let top = Descriptor {
+            media_type: parsed.media_type().to_string(),
+            digest: Digest::of(&bytes),
+            size: bytes.len() as u64,
+            platform: None,
+            annotations: BTreeMap::new(),
+        };
+        self.store_manifest(&top, &bytes).await?;
+
+        let mut blobs = vec![top.clone()];
+        let mut chosen = Vec::new();
+        let mut manifests = Vec::new();
+        let mut fetched = HashSet::from([top.digest]);
+        match parsed {
+            AnyManifest::Index(index) => {
+                for wanted in platforms {
+                    let entry = select(&index.manifests, wanted)?;
+                    if fetched.insert(entry.digest) {
+                        manifests.push(self.platform_manifest(entry, wanted).await?);
+                        blobs.push(entry.clone());
+                    }
+                    chosen.push((wanted.clone(), entry.clone()));
+                }
+            }
+            AnyManifest::Image(manifest) => {
+                // Only the config says which platform a lone manifest is for.
+                self.fetch_blob(&manifest.config).await?;
+                fetched.insert(manifest.config.digest);
+                blobs.push(manifest.config.clone());
+                let found = self
+                    .config_platform(&manifest.config)
+                    .with_context(|| format!("config {}", manifest.config.digest))?;
+                for wanted in platforms {
+                    if !compatible(wanted, &found) {
+                        bail!("the image is for {found} only (it has no index), not {wanted}");
+                    }
+                    let desc = Descriptor {
+                        platform: Some(found.clone()),
+                        ..top.clone()
+                    };
+                    chosen.push((wanted.clone(), desc));
+                }
+                manifests.push(manifest);
+            }
+        }
+
+        let mut todo = Vec::new();
+        for desc in manifests.iter().flat_map(Manifest::blobs) {
+            if fetched.insert(desc.digest) {
+                blobs.push(desc.clone());
+                todo.push(desc);
+            }
+        }
+        futures_util::stream::iter(todo.into_iter().map(Ok))
+            .try_for_each_concurrent(self.puller.jobs, |desc| self.fetch_blob(desc))
+            .await?;
+
+        let reference = if self.image.tag.is_some() {
+            self.image.without_digest()
+        } else {
+            self.image.clone()
+        };
+        Ok(PulledImage {
+            reference,
+            top,
+            platforms: chosen,
+            blobs,
+        })
+    }
+
+    /// Fetches, checks and stores the manifest an index entry names.
+    async fn platform_manifest(&self, entry: &Descriptor, wanted: &Platform) -> Result<Manifest> {
+        let what = format!("manifest {} for {wanted}", entry.digest);
+        let reference = self.source.clone_with_digest(entry.digest.to_string());
+        let bytes = self
+            .fetch_manifest(&reference, Some((entry.digest, Some(entry.size))))
+            .await
+            .with_context(|| what.clone())?;
+        let manifest = match AnyManifest::parse(&what, Some(&entry.media_type), &bytes)? {
+            AnyManifest::Image(m) => m,
+            AnyManifest::Index(_) => bail!("{what}: an index inside an index is not supported"),
+        };
+        self.store_manifest(entry, &bytes).await?;
+        Ok(manifest)
+    }
+
+    /// GETs a manifest (bounded in size), checking it against `expected`.
+    async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+        expected: Option<(Digest, Option<u64>)>,
+    ) -> Result<Vec<u8>> {
+        if let Some((_, Some(size))) = expected {
+            if size > MAX_MANIFEST_BYTES {
+                bail!("{size} bytes is more than the {MAX_MANIFEST_BYTES} a manifest may have");
+            }
+        }
+        let _permit = self.puller.permits.acquire().await?;
+        let (bytes, _) = self
+            .puller
+            .client
+            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES)
+            .await
+            .map_err(|e| self.describe(e))?;
+        // oci-client has read the body whole by now; still refuse to keep
+        // or parse an oversized one.
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            bail!(
+                "{} bytes is more than the {MAX_MANIFEST_BYTES} a manifest may have",
+                bytes.len()
+            );
+        }
+        if let Some((digest, size)) = expected {
+            let hashed = Hashed {
+                digest: Digest::of(&bytes),
+                size: bytes.len() as u64,
+            };
+            hashed.verify(&format!("manifest {digest}"), &digest, size)?;
+        }
+        Ok(bytes.to_vec())
+    }
+
+    async fn store_manifest(&self, desc: &Descriptor, bytes: &[u8]) -> Result<()> {
+        let shared = self.store.put_bytes(&desc.digest, bytes).await?;
+        self.report_present(desc, shared);
+        Ok(())
+    }
+
+    fn report_present(&self, desc: &Descriptor, shared: bool) {
+        let p = self.progress;
+        p.blob_started(self.image, &desc.digest, desc.size, shared);
+        if !shared {
+            p.blob_advanced(self.image, desc.size);
+        }
+        p.blob_done(self.image, &desc.digest, desc.size, shared);
+    }
+
+    /// Streams one blob into the store unless it is there (or another image
+    /// is fetching it, in which case this waits for that).
+    async fn fetch_blob(&self, desc: &Descriptor) -> Result<()> {
+        self.fetch_blob_inner(desc)
+            .await
+            .with_context(|| format!("blob {}", desc.digest))
+    }
+
+    async fn fetch_blob_inner(&self, desc: &Descriptor) -> Result<()> {
+        let lease = match self.store.claim(&desc.digest, desc.size).await? {
+            Claim::Present { shared } => {
+                self.report_present(desc, shared);
+                return Ok(());
+            }
+            Claim::Fetch(lease) => lease,
+        };
+        let _permit = self.puller.permits.acquire().await?;
+        let p = self.progress;
+        p.blob_started(self.image, &desc.digest, desc.size, false);
+        let mut writer = lease.begin()?;
+        let digest = desc.digest.to_string();
+        let mut stream = self
+            .puller
+            .client
+            .pull_blob_stream(&self.source, digest.as_str())
+            .await
+            .map_err(|e| self.describe(e))?;
+        if let Some(length) = stream.content_length.filter(|&l| l != desc.size) {
+            return Err(DigestMismatch::Size {
+                what: desc.digest.blob_path(),
+                expected: desc.size,
+                found: length,
+            }
+            .into());
+        }
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    writer.write(&bytes).await?;
+                    p.blob_advanced(self.image, bytes.len() as u64);
+                }
+                // oci-client's own check at the end of the stream: the
+                // writer has seen every byte and gives the typed error.
+                Err(e) if e.get_ref().is_some_and(|inner| inner.is::<DigestError>()) => break,
+                Err(e) => bail!("reading from {}: {}", self.host, error_chain(&e)),
+            }
+        }
+        writer.commit().await?;
+        drop(lease);
+        p.blob_done(self.image, &desc.digest, desc.size, false);
+        Ok(())
+    }
+
+    /// The platform an image config declares.
+    fn config_platform(&self, config: &Descriptor) -> Result<Platform> {
+        if config.size > MAX_CONFIG_BYTES {
+            bail!(
+                "{} bytes is more than the {MAX_CONFIG_BYTES} a config may have",
+                config.size
+            );
+        }
+        let bytes = std::fs::read(self.store.path(&config.digest))?;
+        let platform: Platform =
+            serde_json::from_slice(&bytes).context("no os and architecture in the config")?;
+        Ok(platform)
+    }
+
+    /// A registry failure as a short sentence naming what was asked of whom.
+    fn describe(&self, e: OciDistributionError) -> anyhow::Error {
+        let host = &self.host;
+        let scheme = if self.puller.plain_http.contains(host) {
+            "http"
+        } else {
+            "https"
+        };
+        match e {
+            OciDistributionError::RequestError(e) => {
+                let chain = error_chain(&e);
+                if e.is_timeout() {
+                    anyhow!("{scheme}://{host} did not answer in time: {chain}")
+                } else if e.is_connect() {
+                    let tls = ["tls", "certificate", "corrupt message", "handshake"]
+                        .iter()
+                        .any(|w| chain.to_lowercase().contains(w));
+                    let hint = if scheme == "https" && tls {
+                        format!(" (if {host} serves plain HTTP, pass --insecure-registry {host})")
+                    } else {
+                        String::new()
+                    };
+                    anyhow!("cannot connect to registry {scheme}://{host}: {chain}{hint}")
+                } else {
+                    anyhow!("request to {scheme}://{host} failed: {chain}")
+                }
+            }
+            OciDistributionError::RegistryError { envelope, url } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                let detail = envelope
+                    .errors
+                    .iter()
+                    .map(|e| format!("{} ({})", e.message, code_name(&e.code)))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let not_found = codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::BlobUnknown
+                            | OciErrorCode::NotFound
+                    )
+                });
+                let denied = codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied));
+                if not_found {
+                    anyhow!("not found on {host}: {detail} (GET {url})")
+                } else if denied {
+                    anyhow!(
+                        "access denied by {host} (airgap pulls anonymously): {detail} (GET {url})"
+                    )
+                } else {
+                    anyhow!("{host} refused: {detail} (GET {url})")
+                }
+            }
+            OciDistributionError::ServerError { code, url, message } => {
+                let message: String = message.trim().chars().take(200).collect();
+                if code == 404 {
+                    anyhow!("not found on {host} (HTTP 404 for GET {url})")
+                } else if message.is_empty() {
+                    anyhow!("HTTP {code} for GET {url}")
+                } else {
+                    anyhow!("HTTP {code} for GET {url}: {message}")
+                }
+            }
+            OciDistributionError::UnauthorizedError { url } => {
+                anyhow!(
+                    "{host} wants credentials (HTTP 401 for GET {url}); airgap pulls anonymously"
+                )
+            }
+            other => anyhow!("{}", error_chain(&other)),
+        }
+    }
+}
+
+fn code_name(code: &OciErrorCode) -> String {
+    match code {
+        OciErrorCode::Other(s) => s.clone(),
+        other => serde_json::to_string(other)
+            .map(|s| s.trim_matches('"').to_string())
+            .unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+/// The index entry for `wanted`: the first image manifest whose platform
+/// matches (variants respected).
+fn select<'a>(entries: &'a [Descriptor], wanted: &Platform) -> Result<&'a Descriptor> {
+    entries
+        .iter()
+        .find(|d| {
+            is_manifest(&d.media_type) && d.platform.as_ref().is_some_and(|p| wanted.matches(p))
+        })
+        .ok_or_else(|| {
+            let have: Vec<String> = entries
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(ToString::to_string)
+                .collect();
+            anyhow!(
+                "no manifest for platform {wanted} (the index has: {})",
+                if have.is_empty() {
+                    "none with a platform".to_string()
+                } else {
+                    have.join(", ")
+                }
+            )
+        })
+}
+
+/// Whether a lone manifest whose config declares `found` serves `wanted`.
+/// Configs often omit the variant, so an absent one is accepted.
+fn compatible(wanted: &Platform, found: &Platform) -> bool {
+    wanted.matches(found)
+        || (found.variant.is_none()
+            && wanted.os == found.os
+            && wanted.architecture == found.architecture)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(media_type: &str, platform: Option<&str>) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest: Digest::of(platform.unwrap_or("").as_bytes()),
+            size: 1,
+            platform: platform.map(|p| {
+                let mut parts = p.split('/');
+                Platform {
+                    os: parts.next().unwrap().into(),
+                    architecture: parts.next().unwrap().into(),
+                    variant: parts.next().map(Into::into),
+                }
+            }),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn selects_platforms_with_variants() {
+        use airgap_bundle::oci::{DOCKER_MANIFEST, OCI_MANIFEST};
+        let entries = vec![
+            desc(OCI_MANIFEST, Some("linux/amd64")),
+            desc(OCI_MANIFEST, Some("linux/arm/v6")),
+            desc(DOCKER_MANIFEST, Some("linux/arm/v7")),
+            desc(OCI_MANIFEST, Some("linux/arm64/v8")),
+            desc(OCI_MANIFEST, Some("unknown/unknown")),
+        ];
+        let arm = Platform::for_arch("arm").unwrap();
+        assert_eq!(select(&entries, &arm).unwrap(), &entries[2]);
+        let arm64 = Platform::for_arch("arm64").unwrap();
+        assert_eq!(select(&entries, &arm64).unwrap(), &entries[3]);
+        let err = select(&entries[..2], &arm).unwrap_err().to_string();
+        assert!(
+            err.contains("no manifest for platform linux/arm/v7"),
+            "{err}"
+        );
+        assert!(err.contains("linux/amd64, linux/arm/v6"), "{err}");
+    }
+
+    #[test]
+    fn lone_manifests_match_by_config() {
+        let arm = Platform::for_arch("arm").unwrap();
+        let bare_arm = Platform {
+            variant: None,
+            ..arm.clone()
+        };
+        let v6 = Platform {
+            variant: Some("v6".into()),
+            ..arm.clone()
+        };
+        assert!(compatible(&arm, &bare_arm));
+        assert!(!compatible(&arm, &v6));
+        assert!(!compatible(
+            &Platform::for_arch("amd64").unwrap(),
+            &bare_arm
+        ));
+    }
+
+    #[test]
+    fn parses_mirrors() {
+        assert_eq!(
+            parse_mirror("docker.io=http://127.0.0.1:5000").unwrap(),
+            ("docker.io".to_string(), "http://127.0.0.1:5000".to_string())
+        );
+        assert_eq!(
+            mirror_host("http://127.0.0.1:5000/").unwrap(),
+            ("127.0.0.1:5000".to_string(), true)
+        );
+        assert_eq!(
+            mirror_host("mirror.local").unwrap(),
+            ("mirror.local".to_string(), false)
+        );
+        for bad in [
+            "docker.io",
+            "=http://x",
+            "docker.io=",
+            "a=ftp://x",
+            "a=http://x/path",
+        ] {
+            assert!(parse_mirror(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn routes_through_mirrors() {
+        let puller = Puller::new(RegistryConfig {
+            mirrors: vec![("docker.io".into(), "http://127.0.0.1:5000".into())],
+            insecure: vec!["10.0.0.1:5000".into()],
+            jobs: 2,
+        })
+        .unwrap();
+        let hub: ImageRef = "kubeguide/redis-master".parse().unwrap();
+        assert_eq!(puller.host_for(&hub), "127.0.0.1:5000");
+        let src = puller.source(&hub);
+        assert_eq!(src.repository(), "kubeguide/redis-master");
+        assert_eq!(src.tag(), Some("latest"));
+        let other: ImageRef = "quay.io/x/y:1".parse().unwrap();
+        assert_eq!(puller.host_for(&other), "quay.io");
+        let plain = Puller::new(RegistryConfig::default()).unwrap();
+        assert_eq!(plain.host_for(&hub), "index.docker.io");
+    }
+}

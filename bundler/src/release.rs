@@ -1,0 +1,475 @@
+//! k3s release assets: the version name, where a release's files live, and
+//! fetching them verified.
+//!
+//! The release's `sha256sum-<arch>.txt` is the trust anchor here: the k3s
+//! binary (and `k3s-images.txt`, when listed) must match its line in it, or
+//! nothing is written at the final path. The checksum file itself, like
+//! `install.sh`, is trusted as served over the configured URL (HTTPS by
+//! default), and recorded by digest so the bundle pins what was used.
+
+use crate::progress::Progress;
+use crate::store::BlobWriter;
+use airgap_bundle::digest::Digest;
+use airgap_bundle::reference::ImageRef;
+use anyhow::{anyhow, bail, Context as _, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where GitHub serves k3s release assets.
+pub const GITHUB_RELEASES: &str = "https://github.com/k3s-io/k3s/releases/download";
+/// Where GitHub serves files of the k3s source tree at a tag.
+pub const GITHUB_RAW: &str = "https://raw.githubusercontent.com/k3s-io/k3s";
+/// `User-Agent` of every request this crate makes.
+pub const USER_AGENT: &str = concat!("airgap/", env!("CARGO_PKG_VERSION"));
+
+/// Largest checksum list, image list or install script accepted.
+const MAX_TEXT_ASSET: u64 = 4 << 20;
+
+/// Installs rustls's ring provider as the process default, once; the
+/// workspace builds reqwest without one so that only ring is linked.
+pub fn install_tls_provider() {
+    // An error means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The HTTP client for release downloads: rustls over ring, with timeouts on
+/// connecting and on each read (a stalled server fails, a slow one does not).
+pub fn http_client() -> Result<reqwest::Client> {
+    install_tls_provider();
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .build()
+        .context("creating the HTTP client")
+}
+
+/// The full k3s version for what a user typed: `v1.20.6` and `1.20.6` are
+/// `v1.20.6+k3s1`; `v1.20.6+k3s2` (and pre-releases such as
+/// `v1.21.0-rc1+k3s1`) are taken as they are.
+pub fn resolve_version(input: &str) -> Result<String> {
+    let bad = |why: &str| {
+        anyhow!("invalid k3s version {input:?}: {why} (expected e.g. v1.20.6 or v1.20.6+k3s1)")
+    };
+    let v = input.strip_prefix('v').unwrap_or(input);
+    let (core, build) = match v.split_once('+') {
+        Some((core, build)) => (core, Some(build)),
+        None => (v, None),
+    };
+    let (numbers, pre) = match core.split_once('-') {
+        Some((numbers, pre)) => (numbers, Some(pre)),
+        None => (core, None),
+    };
+    let parts: Vec<&str> = numbers.split('.').collect();
+    let numeric = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
+        return Err(bad("not MAJOR.MINOR.PATCH"));
+    }
+    if let Some(pre) = pre {
+        if pre.is_empty()
+            || !pre
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.')
+        {
+            return Err(bad("bad pre-release"));
+        }
+    }
+    let build = match build {
+        None => "k3s1",
+        Some(b) if b.strip_prefix("k3s").is_some_and(numeric) => b,
+        Some(_) => return Err(bad("the build must be k3s<N>")),
+    };
+    Ok(format!("v{core}+{build}"))
+}
+
+/// The release asset of the k3s binary for an architecture.
+pub fn k3s_asset_name(arch: &str) -> Result<&'static str> {
+    match arch {
+        "amd64" => Ok("k3s"),
+        "arm64" => Ok("k3s-arm64"),
+        "arm" | "armhf" => Ok("k3s-armhf"),
+        _ => bail!("unsupported architecture {arch:?}: expected amd64, arm64 or arm"),
+    }
+}
+
+/// Where a release's files are fetched from: GitHub's layout,
+/// `<base>/<version with + as %2B>/<asset>`, at GitHub or a mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseSource {
+    pub base_url: String,
+    /// Overrides where `install.sh` comes from (it is not a release asset).
+    pub install_sh_url: Option<String>,
+}
+
+impl Default for ReleaseSource {
+    fn default() -> Self {
+        Self {
+            base_url: GITHUB_RELEASES.to_string(),
+            install_sh_url: None,
+        }
+    }
+}
+
+impl ReleaseSource {
+    fn base(&self) -> &str {
+        self.base_url.trim_end_matches('/')
+    }
+
+    /// The URL of a release asset.
+    pub fn asset_url(&self, version: &str, asset: &str) -> String {
+        format!("{}/{}/{asset}", self.base(), version.replace('+', "%2B"))
+    }
+
+    /// The URL of `install.sh`: the explicit one; GitHub's source tree at
+    /// the version's tag when the assets come from GitHub; else beside the
+    /// assets, where a mirror or local server keeps it.
+    pub fn install_sh_url(&self, version: &str) -> String {
+        match &self.install_sh_url {
+            Some(url) => url.clone(),
+            None if self.base() == GITHUB_RELEASES => {
+                format!("{GITHUB_RAW}/{version}/install.sh")
+            }
+            None => self.asset_url(version, "install.sh"),
+        }
+    }
+}
+
+/// One downloaded, verified file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asset {
+    /// The asset's upstream name (`k3s-arm64`, `install.sh`).
+    pub name: String,
+    pub url: String,
+    pub path: PathBuf,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// What [`fetch_release`] brought.
+#[derive(Debug, Clone)]
+pub struct ReleaseAssets {
+    /// The full version (`v1.20.6+k3s1`).
+    pub version: String,
+    /// The k3s architecture (`amd64`, `arm64`, `arm`).
+    pub arch: String,
+    pub binary: Asset,
+    /// `sha256sum-<arch>.txt`.
+    pub checksums: Asset,
+    /// `k3s-images.txt`.
+    pub images_list: Asset,
+    pub install_sh: Asset,
+    /// The system images `k3s-images.txt` names.
+    pub images: Vec<ImageRef>,
+}
+
+/// Parses a `sha256sum` listing (`<64 hex>  <name>` or `<64 hex> *<name>`
+/// per line). Strict: any other line, or a name listed twice, is an error.
+pub fn parse_sha256sums(text: &str) -> Result<BTreeMap<String, Digest>> {
+    let mut sums = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why: &str| anyhow!("line {}: {why}: {line:?}", i + 1);
+        let (hex, rest) = line
+            .split_at_checked(64)
+            .ok_or_else(|| bad("too short for a sha256 line"))?;
+        let digest = Digest::from_hex(hex).map_err(|_| bad("not 64 lowercase hex digits"))?;
+        let name = rest
+            .strip_prefix("  ")
+            .or_else(|| rest.strip_prefix(" *"))
+            .ok_or_else(|| bad("expected two spaces after the digest"))?;
+        if name.is_empty() || name.trim() != name || name.contains(['\r', '\\']) {
+            return Err(bad("bad file name"));
+        }
+        if sums.insert(name.to_string(), digest).is_some() {
+            return Err(bad("file listed twice"));
+        }
+    }
+    Ok(sums)
+}
+
+/// Parses `k3s-images.txt`: one image reference per line; blank lines and
+/// `#` comments are skipped.
+pub fn parse_image_list(text: &str) -> Result<Vec<ImageRef>> {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(i, line)| {
+            line.parse::<ImageRef>()
+                .with_context(|| format!("line {}", i + 1))
+        })
+        .collect()
+}
+
+/// Downloads the k3s release `version` for `arch` into `dir` (one directory
+/// per architecture: the file names are upstream's): the checksum list
+/// first, then `k3s-images.txt`, `install.sh` and the binary, each streamed
+/// to a temporary file and published only once verified.
+pub async fn fetch_release(
+    client: &reqwest::Client,
+    src: &ReleaseSource,
+    version: &str,
+    arch: &str,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<ReleaseAssets> {
+    let version = resolve_version(version)?;
+    let arch = if arch == "armhf" { "arm" } else { arch };
+    let binary_name = k3s_asset_name(arch)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let fetch = |name: &str, url: String, expected: Option<Digest>, limit: Option<u64>| {
+        download(
+            client,
+            name.to_string(),
+            url,
+            dir.join(name),
+            expected,
+            limit,
+            progress,
+        )
+    };
+
+    let sums_name = format!("sha256sum-{arch}.txt");
+    let checksums = fetch(
+        &sums_name,
+        src.asset_url(&version, &sums_name),
+        None,
+        Some(MAX_TEXT_ASSET),
+    )
+    .await?;
+    let sums = read_text(&checksums)
+        .and_then(|text| parse_sha256sums(&text))
+        .with_context(|| format!("reading {} from {}", checksums.name, checksums.url))?;
+
+    let images_list = fetch(
+        "k3s-images.txt",
+        src.asset_url(&version, "k3s-images.txt"),
+        sums.get("k3s-images.txt").copied(),
+        Some(MAX_TEXT_ASSET),
+    )
+    .await?;
+    let images = read_text(&images_list)
+        .and_then(|text| parse_image_list(&text))
+        .with_context(|| format!("reading {} from {}", images_list.name, images_list.url))?;
+
+    let install_sh = fetch(
+        "install.sh",
+        src.install_sh_url(&version),
+        sums.get("install.sh").copied(),
+        Some(MAX_TEXT_ASSET),
+    )
+    .await?;
+
+    let expected = *sums.get(binary_name).ok_or_else(|| {
+        anyhow!(
+            "{sums_name} from {} has no line for {binary_name}",
+            checksums.url
+        )
+    })?;
+    let binary = fetch(
+        binary_name,
+        src.asset_url(&version, binary_name),
+        Some(expected),
+        None,
+    )
+    .await?;
+
+    Ok(ReleaseAssets {
+        version,
+        arch: arch.to_string(),
+        binary,
+        checksums,
+        images_list,
+        install_sh,
+        images,
+    })
+}
+
+fn read_text(asset: &Asset) -> Result<String> {
+    let bytes = std::fs::read(&asset.path)?;
+    String::from_utf8(bytes).map_err(|_| anyhow!("not UTF-8 text"))
+}
+
+/// Streams `url` into `dest` through a verifying temporary file.
+async fn download(
+    client: &reqwest::Client,
+    name: String,
+    url: String,
+    dest: PathBuf,
+    expected: Option<Digest>,
+    limit: Option<u64>,
+    progress: &dyn Progress,
+) -> Result<Asset> {
+    let fail = |e: anyhow::Error| e.context(format!("downloading {name} from {url}"));
+    let mut response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| fail(anyhow!(error_chain(&e))))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fail(anyhow!("HTTP {status}")));
+    }
+    let length = response.content_length();
+    if let (Some(length), Some(limit)) = (length, limit) {
+        if length > limit {
+            return Err(fail(anyhow!(
+                "{length} bytes is more than the {limit} allowed"
+            )));
+        }
+    }
+    // The file is checked against the digest only; name the URL in its errors.
+    let mut writer =
+        BlobWriter::create(&dest, format!("{name} from {url}"), expected, None).map_err(fail)?;
+    progress.asset_started(&name, length);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| fail(anyhow!(error_chain(&e))))?
+    {
+        if limit.is_some_and(|limit| writer.written() + chunk.len() as u64 > limit) {
+            return Err(fail(anyhow!(
+                "more than the {} bytes allowed",
+                limit.unwrap_or(0)
+            )));
+        }
+        writer.write(&chunk).await.map_err(fail)?;
+        progress.asset_advanced(&name, chunk.len() as u64);
+    }
+    let hashed = writer.commit().await?;
+    progress.asset_done(&name, hashed.size);
+    Ok(Asset {
+        name,
+        url,
+        path: dest,
+        digest: hashed.digest,
+        size: hashed.size,
+    })
+}
+
+/// An error with its causes on one line (reqwest's own message only says
+/// which request failed; the cause says why).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_versions() {
+        assert_eq!(resolve_version("v1.20.6").unwrap(), "v1.20.6+k3s1");
+        assert_eq!(resolve_version("1.20.6").unwrap(), "v1.20.6+k3s1");
+        assert_eq!(resolve_version("v1.20.6+k3s2").unwrap(), "v1.20.6+k3s2");
+        assert_eq!(
+            resolve_version("v1.21.0-rc1+k3s1").unwrap(),
+            "v1.21.0-rc1+k3s1"
+        );
+        for bad in [
+            "",
+            "v",
+            "latest",
+            "v1.20",
+            "v1.20.6.1",
+            "v1.20.x",
+            "v1.20.6+",
+            "v1.20.6+k3s",
+            "v1.20.6+rke2r1",
+            "v1.20.6+k3s1+k3s2",
+            "v1.20.6-",
+            "V1.20.6",
+            " v1.20.6",
+            "v1.20.6/../x",
+        ] {
+            assert!(resolve_version(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn names_assets_and_urls() {
+        assert_eq!(k3s_asset_name("amd64").unwrap(), "k3s");
+        assert_eq!(k3s_asset_name("arm64").unwrap(), "k3s-arm64");
+        assert_eq!(k3s_asset_name("arm").unwrap(), "k3s-armhf");
+        assert!(k3s_asset_name("s390x").is_err());
+
+        let gh = ReleaseSource::default();
+        assert_eq!(
+            gh.asset_url("v1.20.6+k3s1", "k3s"),
+            "https://github.com/k3s-io/k3s/releases/download/v1.20.6%2Bk3s1/k3s"
+        );
+        assert_eq!(
+            gh.install_sh_url("v1.20.6+k3s1"),
+            "https://raw.githubusercontent.com/k3s-io/k3s/v1.20.6+k3s1/install.sh"
+        );
+        let local = ReleaseSource {
+            base_url: "http://127.0.0.1:8080/releases/".into(),
+            install_sh_url: None,
+        };
+        assert_eq!(
+            local.install_sh_url("v1.20.6+k3s1"),
+            "http://127.0.0.1:8080/releases/v1.20.6%2Bk3s1/install.sh"
+        );
+        let explicit = ReleaseSource {
+            install_sh_url: Some("http://x/install.sh".into()),
+            ..gh
+        };
+        assert_eq!(
+            explicit.install_sh_url("v1.20.6+k3s1"),
+            "http://x/install.sh"
+        );
+    }
+
+    #[test]
+    fn parses_sha256sums_strictly() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let text = format!("{}  k3s\n{} *k3s-images.txt\n", a.hex(), b.hex());
+        let sums = parse_sha256sums(&text).unwrap();
+        assert_eq!(sums.get("k3s"), Some(&a));
+        assert_eq!(sums.get("k3s-images.txt"), Some(&b));
+        assert_eq!(sums.len(), 2);
+
+        for bad in [
+            format!("{} k3s", a.hex()),
+            format!("{}  ", a.hex()),
+            format!("{}  k3s\n{}  k3s", a.hex(), b.hex()),
+            format!("{}  k3s", a.hex().to_uppercase()),
+            format!("{}  k3s", &a.hex()[1..]),
+            format!("{}  k3s\r", a.hex()),
+            "# comment".to_string(),
+            "é".repeat(40),
+        ] {
+            assert!(parse_sha256sums(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn parses_image_lists() {
+        let list = "docker.io/rancher/coredns-coredns:1.8.3\n\n# system\n  rancher/pause:3.1  \n";
+        let images = parse_image_list(list).unwrap();
+        let names: Vec<String> = images.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "docker.io/rancher/coredns-coredns:1.8.3",
+                "docker.io/rancher/pause:3.1"
+            ]
+        );
+        let err = parse_image_list("ok:1\nNOT/OK\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+    }
+}

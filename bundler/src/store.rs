@@ -1,0 +1,456 @@
+//! The blob store: a content-addressed directory `<root>/blobs/sha256/<hex>`
+//! that becomes the bundle's `images/` OCI layout.
+//!
+//! A blob reaches its final path only through [`BlobWriter::commit`], which
+//! checks size and digest, fsyncs and renames a temporary file from the same
+//! directory; so every file at a final path was verified when it was written,
+//! and the store trusts it afterwards. Within one process a digest is fetched
+//! by one caller at a time ([`BlobStore::claim`]): the others wait and then
+//! find it present, which is how images sharing a layer download it once.
+
+use airgap_bundle::digest::{Digest, DigestMismatch, Hashed, Hasher};
+use anyhow::{Context as _, Result};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::watch;
+
+/// A content-addressed blob directory. Cheap to clone; clones share the
+/// in-flight state, so one store should serve a whole run.
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Digests some caller is fetching now; the receiver closes when it stops.
+    in_flight: HashMap<Digest, watch::Receiver<()>>,
+    /// Digests already handed to a caller of this process as present.
+    seen: HashSet<Digest>,
+}
+
+/// What [`BlobStore::claim`] found.
+pub enum Claim {
+    /// The blob is in the store. `shared`: this process already stored or
+    /// reported it for another caller, whose progress counted its bytes.
+    Present { shared: bool },
+    /// The caller must fetch the blob: write it through [`Lease::begin`],
+    /// commit, then drop the lease. Others claiming it wait until then.
+    Fetch(Lease),
+}
+
+/// The right to fetch one blob. Dropping it (committed or not) wakes the
+/// callers waiting for the same digest.
+pub struct Lease {
+    store: BlobStore,
+    digest: Digest,
+    size: u64,
+    _done: watch::Sender<()>,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store rooted at `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        let dir = root.join("blobs").join("sha256");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating blob store {}", dir.display()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                dir,
+                state: Mutex::new(State::default()),
+            }),
+        })
+    }
+
+    /// The directory the store was opened at (the OCI layout root).
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Where the blob `digest` lives (whether or not it is there).
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.inner.dir.join(digest.hex())
+    }
+
+    /// Whether the blob is stored with the expected size. Its content was
+    /// verified when it was committed.
+    pub fn contains(&self, digest: &Digest, size: u64) -> bool {
+        std::fs::metadata(self.path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is a pair of sets updated in single steps; a panic
+        // elsewhere cannot leave it half-changed.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts writing the blob `digest` of `size` bytes, without the
+    /// in-flight bookkeeping of [`claim`](Self::claim).
+    pub fn begin(&self, digest: &Digest, size: u64) -> Result<BlobWriter> {
+        BlobWriter::create(
+            &self.path(digest),
+            digest.blob_path(),
+            Some(*digest),
+            Some(size),
+        )
+    }
+
+    /// Finds the blob present, or makes the caller its one fetcher, waiting
+    /// while another caller of this process is fetching it.
+    pub async fn claim(&self, digest: &Digest, size: u64) -> Result<Claim> {
+        loop {
+            let mut wait = {
+                let mut state = self.state();
+                match state.in_flight.get(digest) {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        if self.contains(digest, size) {
+                            let shared = !state.seen.insert(*digest);
+                            return Ok(Claim::Present { shared });
+                        }
+                        let (tx, rx) = watch::channel(());
+                        state.in_flight.insert(*digest, rx);
+                        return Ok(Claim::Fetch(Lease {
+                            store: self.clone(),
+                            digest: *digest,
+                            size,
+                            _done: tx,
+                        }));
+                    }
+                }
+            };
+            // Returns (with an error) once the fetcher's lease is dropped;
+            // then look again: present, or the fetch failed and it is ours.
+            let _ = wait.changed().await;
+        }
+    }
+
+    /// Stores a small blob held in memory (a manifest), verifying it against
+    /// `digest`. Returns whether it was already stored for another caller of
+    /// this process (see [`Claim::Present`]).
+    pub async fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<bool> {
+        let size = bytes.len() as u64;
+        match self.claim(digest, size).await? {
+            Claim::Present { shared } => Ok(shared),
+            Claim::Fetch(lease) => {
+                let mut writer = lease.begin()?;
+                writer.write(bytes).await?;
+                writer.commit().await?;
+                drop(lease);
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl Lease {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Starts the blob's writer.
+    pub fn begin(&self) -> Result<BlobWriter> {
+        self.store.begin(&self.digest, self.size)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let committed = self.store.contains(&self.digest, self.size);
+        let mut state = self.store.state();
+        state.in_flight.remove(&self.digest);
+        if committed {
+            state.seen.insert(self.digest);
+        }
+    }
+}
+
+/// Streams a file into place: bytes go to a temporary file in the target's
+/// directory while they are hashed and counted; [`commit`](Self::commit)
+/// verifies, fsyncs and renames. Dropped uncommitted, it removes the
+/// temporary file.
+pub struct BlobWriter {
+    what: String,
+    dest: PathBuf,
+    digest: Option<Digest>,
+    size: Option<u64>,
+    file: tokio::fs::File,
+    temp: tempfile::TempPath,
+    hasher: Hasher,
+}
+
+impl BlobWriter {
+    /// Starts a file that becomes `dest` once it checks out against `digest`
+    /// and `size` (each when given). `what` names it in errors.
+    pub fn create(
+        dest: &Path,
+        what: impl Into<String>,
+        digest: Option<Digest>,
+        size: Option<u64>,
+    ) -> Result<Self> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let temp = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        let (file, temp) = temp.into_parts();
+        Ok(Self {
+            what: what.into(),
+            dest: dest.to_path_buf(),
+            digest,
+            size,
+            file: tokio::fs::File::from_std(file),
+            temp,
+            hasher: Hasher::new(),
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    /// Appends `bytes`. Fails at once, with a [`DigestMismatch::Size`], when
+    /// they would take the file past its expected size.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let after = self.hasher.len() + bytes.len() as u64;
+        if let Some(size) = self.size.filter(|&size| after > size) {
+            return Err(DigestMismatch::Size {
+                what: self.what.clone(),
+                expected: size,
+                found: after,
+            }
+            .into());
+        }
+        self.file
+            .write_all(bytes)
+            .await
+            .with_context(|| format!("writing {}", self.temp.display()))?;
+        self.hasher.update(bytes);
+        Ok(())
+    }
+
+    /// Verifies what was written (a typed [`DigestMismatch`] naming the
+    /// file otherwise), fsyncs it and renames it to its final path.
+    pub async fn commit(mut self) -> Result<Hashed> {
+        let hashed = self.hasher.clone().finish();
+        if let Some(size) = self.size {
+            if size != hashed.size {
+                return Err(DigestMismatch::Size {
+                    what: self.what,
+                    expected: size,
+                    found: hashed.size,
+                }
+                .into());
+            }
+        }
+        if let Some(digest) = self.digest {
+            hashed.verify(&self.what, &digest, None)?;
+        }
+        self.file.flush().await?;
+        self.file
+            .sync_all()
+            .await
+            .with_context(|| format!("syncing {}", self.temp.display()))?;
+        let file = self.file.into_std().await;
+        let (temp, dest) = (self.temp, self.dest);
+        tokio::task::spawn_blocking(move || publish(file, temp, &dest))
+            .await
+            .context("publishing a verified file")??;
+        Ok(hashed)
+    }
+}
+
+/// Makes a verified, synced temporary file world-readable (tempfile creates
+/// it private, and an OCI layout is read by other tools), renames it over
+/// `dest` and syncs the directory so the rename survives a crash.
+fn publish(file: std::fs::File, temp: tempfile::TempPath, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", temp.display()))?;
+    drop(file);
+    temp.persist(dest)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into {}", dest.display()))?;
+    if let Some(dir) = dest.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_files(store: &BlobStore) -> Vec<String> {
+        std::fs::read_dir(store.path(&Digest::of(b"")).parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn commit_publishes_verified_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = b"layer bytes";
+        let d = Digest::of(data);
+        assert!(!store.contains(&d, data.len() as u64));
+        let mut w = store.begin(&d, data.len() as u64).unwrap();
+        w.write(&data[..5]).await.unwrap();
+        w.write(&data[5..]).await.unwrap();
+        assert!(!store.path(&d).exists(), "never written at the final path");
+        let hashed = w.commit().await.unwrap();
+        assert_eq!(hashed.digest, d);
+        assert!(store.contains(&d, data.len() as u64));
+        assert_eq!(std::fs::read(store.path(&d)).unwrap(), data);
+        assert!(dir.path().join(d.blob_path()).is_file());
+        assert!(temp_files(&store).is_empty());
+    }
+
+    #[tokio::test]
+    async fn mismatch_is_typed_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::of(b"expected");
+        let mut w = store.begin(&d, 8).unwrap();
+        w.write(b"tampered").await.unwrap();
+        let err = w.commit().await.unwrap_err();
+        match err.downcast_ref::<DigestMismatch>() {
+            Some(DigestMismatch::Hash { what, expected, .. }) => {
+                assert_eq!(what, &d.blob_path());
+                assert_eq!(expected, &d);
+            }
+            other => panic!("expected a hash mismatch, got {other:?}"),
+        }
+        assert!(err.to_string().contains("hash mismatch for blobs/sha256/"));
+        assert!(!store.path(&d).exists());
+        assert!(temp_files(&store).is_empty());
+
+        // Too many bytes fail at the write that overflows.
+        let mut w = store.begin(&d, 4).unwrap();
+        let err = w.write(b"12345").await.unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<DigestMismatch>(),
+            Some(DigestMismatch::Size { expected: 4, .. })
+        ));
+        drop(w);
+        // Too few fail at commit.
+        let mut w = store.begin(&d, 9).unwrap();
+        w.write(b"expected").await.unwrap();
+        assert!(w
+            .commit()
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("size mismatch"));
+        assert!(temp_files(&store).is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::of(b"abc");
+        let mut w = store.begin(&d, 3).unwrap();
+        w.write(b"ab").await.unwrap();
+        assert_eq!(temp_files(&store).len(), 1);
+        drop(w);
+        assert!(temp_files(&store).is_empty());
+        assert!(!store.path(&d).exists());
+    }
+
+    #[tokio::test]
+    async fn put_bytes_verifies_and_reports_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let m = br#"{"schemaVersion":2}"#;
+        let d = Digest::of(m);
+        assert!(!store.put_bytes(&d, m).await.unwrap());
+        assert!(store.put_bytes(&d, m).await.unwrap());
+        let err = store.put_bytes(&Digest::of(b"x"), m).await.unwrap_err();
+        assert!(err.to_string().contains("hash mismatch"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_fetch_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = vec![7u8; 100_000];
+        let d = Digest::of(&data);
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, data, fetches) = (store.clone(), data.clone(), fetches.clone());
+                tokio::spawn(async move {
+                    match store.claim(&d, data.len() as u64).await.unwrap() {
+                        Claim::Present { shared } => shared,
+                        Claim::Fetch(lease) => {
+                            fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let mut w = lease.begin().unwrap();
+                            for chunk in data.chunks(1000) {
+                                w.write(chunk).await.unwrap();
+                                tokio::task::yield_now().await;
+                            }
+                            w.commit().await.unwrap();
+                            false
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut shared = 0;
+        for t in tasks {
+            shared += usize::from(t.await.unwrap());
+        }
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(shared, 7);
+    }
+
+    #[tokio::test]
+    async fn failed_fetch_hands_the_lease_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::of(b"data");
+        let Claim::Fetch(first) = store.claim(&d, 4).await.unwrap() else {
+            panic!("nothing stored yet");
+        };
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { matches!(store.claim(&d, 4).await.unwrap(), Claim::Fetch(_)) }
+        });
+        tokio::task::yield_now().await;
+        let mut w = first.begin().unwrap();
+        w.write(b"bad!").await.unwrap();
+        assert!(w.commit().await.is_err());
+        drop(first);
+        assert!(waiter.await.unwrap(), "the waiter becomes the fetcher");
+    }
+
+    #[tokio::test]
+    async fn writes_plain_files_outside_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("k3s");
+        let mut w = BlobWriter::create(&dest, "k3s", None, None).unwrap();
+        w.write(b"binary").await.unwrap();
+        let hashed = w.commit().await.unwrap();
+        assert_eq!(hashed.digest, Digest::of(b"binary"));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"binary");
+    }
+}
