@@ -66,6 +66,11 @@ impl RegistryClient {
         http::request(method, url, &all, body)
     }
 
+    /// `GET path` (`/v2/...`) with this client's credentials, any status.
+    pub fn get(&self, path: &str) -> Result<Response> {
+        self.call("GET", &self.url(path), &[], Body::Empty)
+    }
+
     /// Whether `repo` has blob `digest`.
     pub fn has_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));

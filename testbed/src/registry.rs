@@ -6,7 +6,6 @@
 //! any reason (even SIGKILL), the pipe closes and the watchdog kills the
 //! registry, so no registry outlives its test.
 
-use crate::http;
 use airgap_bundle::digest::Digest;
 use anyhow::{bail, Context, Result};
 use std::io::Write as _;
@@ -87,9 +86,8 @@ impl RegistryOptions {
         self
     }
 
-    /// Requires HTTP basic auth with one htpasswd user. Not implemented yet:
-    /// the registry only reads bcrypt entries; [`Registry::start_with`]
-    /// reports it as unsupported.
+    /// Requires HTTP basic auth for one htpasswd user (a bcrypt entry, as
+    /// the registry wants). [`Registry::client`] then sends the credentials.
     pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
         self.htpasswd = Some((user.to_string(), password.to_string()));
         self
@@ -102,15 +100,21 @@ impl RegistryOptions {
         self
     }
 
-    fn config_yaml(&self, root: &Path, addr: &str) -> String {
+    fn config_yaml(&self, root: &Path, addr: &str, htpasswd: Option<&Path>) -> String {
         // Paths are our own temp paths; quote them anyway for YAML.
+        let auth = htpasswd.map_or(String::new(), |p| {
+            format!(
+                "auth:\n  htpasswd:\n    realm: airgap-testbed\n    path: \"{}\"\n",
+                p.display()
+            )
+        });
         format!(
             "version: 0.1\n\
              log:\n  level: {level}\n  formatter: text\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: \"{root}\"\n  delete:\n    enabled: {delete}\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
              http:\n  addr: {addr}\n  headers:\n    X-Content-Type-Options: [nosniff]\n\
-             health:\n  storagedriver:\n    enabled: false\n",
+             health:\n  storagedriver:\n    enabled: false\n{auth}",
             level = self.log_level,
             root = root.display(),
             delete = self.delete_enabled,
@@ -124,6 +128,7 @@ pub struct Registry {
     addr: String,
     watchdog: Option<Child>,
     stdin: Option<ChildStdin>,
+    credentials: Option<(String, String)>,
 }
 
 impl Registry {
@@ -134,9 +139,6 @@ impl Registry {
 
     /// Starts a registry and waits until `GET /v2/` answers 200.
     pub fn start_with(options: RegistryOptions) -> Result<Registry> {
-        if options.htpasswd.is_some() {
-            bail!("registry basic auth (htpasswd) is not implemented in the testbed yet");
-        }
         if options.tls_self_signed {
             bail!("registry TLS is not implemented in the testbed yet");
         }
@@ -155,6 +157,7 @@ impl Registry {
             addr: String::new(),
             watchdog: None,
             stdin: None,
+            credentials: options.htpasswd.clone(),
         };
         for _ in 0..3 {
             match registry.spawn(&options) {
@@ -178,7 +181,27 @@ impl Registry {
         let root = self.storage_root();
         std::fs::create_dir_all(&root)?;
         let config = self.dir.path().join("config.yml");
-        std::fs::write(&config, options.config_yaml(&root, &self.addr))?;
+        let htpasswd = match &options.htpasswd {
+            Some((user, password)) => {
+                let path = self.dir.path().join("htpasswd");
+                // Lowest cost: this guards a test registry, and speed matters.
+                let hash = bcrypt::hash_with_salt(password, 4, *b"airgap-testbed!!")
+                    .context("hashing the htpasswd password")?;
+                std::fs::write(
+                    &path,
+                    format!(
+                        "{user}:{}\n",
+                        hash.format_for_version(bcrypt::Version::TwoY)
+                    ),
+                )?;
+                Some(path)
+            }
+            None => None,
+        };
+        std::fs::write(
+            &config,
+            options.config_yaml(&root, &self.addr, htpasswd.as_deref()),
+        )?;
         let log = self.log_path();
         std::fs::write(&log, b"")?;
 
@@ -209,7 +232,6 @@ impl Registry {
 
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let url = format!("{}/v2/", self.url());
         loop {
             if let Some(child) = self.watchdog.as_mut() {
                 if let Some(status) = child.try_wait()? {
@@ -219,7 +241,7 @@ impl Registry {
                     );
                 }
             }
-            if let Ok(resp) = http::get(&url, &[]) {
+            if let Ok(resp) = self.client().get("/v2/") {
                 if resp.status == 200 {
                     return Ok(());
                 }
@@ -309,9 +331,21 @@ impl Registry {
         }
     }
 
-    /// A client for pushing to and reading from this registry.
+    /// A client for pushing to and reading from this registry (with its
+    /// credentials when it requires basic auth).
     pub fn client(&self) -> crate::push::RegistryClient {
-        crate::push::RegistryClient::new(&self.addr)
+        let client = crate::push::RegistryClient::new(&self.addr);
+        match &self.credentials {
+            Some((user, password)) => client.with_basic_auth(user, password),
+            None => client,
+        }
+    }
+
+    /// The basic-auth user and password, when the registry requires them.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
     }
 }
 
@@ -330,6 +364,7 @@ pub fn free_port() -> Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http;
 
     #[test]
     fn starts_answers_and_stops() {
@@ -351,6 +386,20 @@ mod tests {
         let dir = reg.dir().to_path_buf();
         drop(reg);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn basic_auth_guards_the_registry() {
+        let reg =
+            Registry::start_with(RegistryOptions::new().basic_auth("tester", "s3cret")).unwrap();
+        let anonymous = http::get(&format!("{}/v2/", reg.url()), &[]).unwrap();
+        assert_eq!(anonymous.status, 401);
+        let wrong = crate::push::RegistryClient::new(reg.addr()).with_basic_auth("tester", "nope");
+        assert_eq!(wrong.get("/v2/").unwrap().status, 401);
+        assert_eq!(reg.client().get("/v2/").unwrap().status, 200);
+        let layer = crate::image::note_layer("/x", "x").unwrap();
+        assert!(reg.client().push_blob("auth/test", &layer.blob).unwrap());
+        assert_eq!(reg.credentials(), Some(("tester", "s3cret")));
     }
 
     #[test]
