@@ -1,3 +1,7 @@
 //! The connected side: resolve what a bundle needs, fetch it verified, and
 //! assemble the signed bundle.
 #![forbid(unsafe_code)]
+pub mod progress;
+pub mod registry;
+pub mod release;
+pub mod store;
