@@ -1,1 +1,376 @@
-fn main() {}
+//! The `airgap` command line: parses arguments, sets up logging, calls one
+//! library function per subcommand and prints its result. No logic of its own.
+#![forbid(unsafe_code)]
+
+use airgap_bundle::write::Compression;
+use airgap_bundler::build::{build, BuildOptions};
+use airgap_bundler::registry::RegistryConfig;
+use airgap_bundler::release::ReleaseSource;
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+
+/// Install k3s on machines that never see the internet, from one signed bundle.
+///
+/// On a connected machine, `airgap bundle build` pulls the pinned k3s binary and
+/// every image the cluster needs into one signed tarball. On each disconnected
+/// node, the bundle is verified (signature and every digest) before anything
+/// is used.
+#[derive(Parser, Debug)]
+#[command(name = "airgap", version, max_term_width = 100)]
+pub struct Cli {
+    /// Log more (-v: info, -vv: debug); AIRGAP_LOG=<filter> overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a signing key pair (minisign format): NAME.key and NAME.pub.
+    Keygen(KeygenArgs),
+    /// Build, verify and inspect bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BundleCommand {
+    /// Build a signed bundle: k3s, its system images and the workloads' images.
+    Build(Box<BuildArgs>),
+    /// Check a bundle's signature and every entry against SHA256SUMS.
+    Verify(VerifyArgs),
+    /// Show what a bundle holds: version, platforms, images, files, sizes.
+    Inspect(InspectArgs),
+}
+
+/// Where the password of a secret key comes from.
+#[derive(Args, Debug)]
+struct PasswordArgs {
+    /// Read the key's password from the first line of this file. Without it,
+    /// the password comes from AIRGAP_KEY_PASSWORD, or from a prompt when
+    /// stdin is a terminal.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// Base name of the key files: writes NAME.key (secret) and NAME.pub.
+    #[arg(long, value_name = "NAME")]
+    out: PathBuf,
+    #[command(flatten)]
+    password: PasswordArgs,
+    /// Store the secret key unencrypted (no password).
+    #[arg(long, conflicts_with = "password_file")]
+    no_password: bool,
+    /// Overwrite existing key files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    /// k3s version: v1.20.6 (resolves to v1.20.6+k3s1) or a full v1.20.6+k3s1.
+    #[arg(long)]
+    version: String,
+    /// Secret key to sign the bundle with (from `airgap keygen`).
+    #[arg(long, value_name = "FILE")]
+    sign_key: PathBuf,
+    #[command(flatten)]
+    password: PasswordArgs,
+    /// Target architecture(s): amd64, arm64, arm (comma-separated). Default: this host's.
+    #[arg(long, value_delimiter = ',', value_name = "ARCH")]
+    arch: Vec<String>,
+    /// Output file. Default: k3s-<version>-linux-<arch>.airgap.tar.zst.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Base URL of the k3s release assets, in GitHub's layout
+    /// (<URL>/<version>/<asset>).
+    #[arg(long, value_name = "URL", default_value = airgap_bundler::release::GITHUB_RELEASES)]
+    release_url: String,
+    /// Where to fetch install.sh. Default: GitHub's raw file of that version,
+    /// or <release-url>/<version>/install.sh for any other release URL.
+    #[arg(long, value_name = "URL")]
+    install_sh_url: Option<String>,
+    /// Pull images of HOST from a mirror: docker.io=https://mirror.example (repeatable).
+    #[arg(long, value_name = "HOST=URL")]
+    registry_mirror: Vec<String>,
+    /// Talk plain HTTP to this registry host (a local registry) (repeatable).
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+    /// Compression of the bundle.
+    #[arg(long, value_enum, default_value_t = CompressArg::Zstd)]
+    compress: CompressArg,
+    /// zstd level (1-19).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    compress_level: i32,
+    /// Parallel downloads.
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// Directory of the auto-deploy manifests whose images the bundle carries.
+    #[arg(long, value_name = "DIR", default_value = "manifests")]
+    manifests: PathBuf,
+    /// The image lock: read, and written back with new pins.
+    #[arg(long, value_name = "FILE", default_value = "images.lock")]
+    lock: PathBuf,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print a JSON summary on stdout (implies --quiet).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum CompressArg {
+    Zstd,
+    None,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The bundle file.
+    file: PathBuf,
+    /// Public key the bundle must be signed with.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// The bundle file.
+    file: PathBuf,
+    /// Also check the signature with this public key.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Print as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRGAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen(args) => keygen(args),
+        Command::Bundle(BundleCommand::Build(args)) => bundle_build(*args),
+        Command::Bundle(BundleCommand::Verify(args)) => {
+            let key = airgap_bundle::sign::load_public_key(&args.key)?;
+            let verified = airgap_bundle::inspect::verify_file(&args.file, key)?;
+            print_result(&verified, args.json)
+        }
+        Command::Bundle(BundleCommand::Inspect(args)) => {
+            let key = args
+                .key
+                .as_deref()
+                .map(airgap_bundle::sign::load_public_key)
+                .transpose()?;
+            let inspection = airgap_bundle::inspect::inspect_file(&args.file, key)?;
+            print_result(&inspection, args.json)
+        }
+    }
+}
+
+fn print_result<T: serde::Serialize + std::fmt::Display>(value: &T, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{value}");
+    }
+    Ok(())
+}
+
+/// The password for a key: a file, the environment, or a prompt when a
+/// person is at the terminal; never a prompt otherwise.
+fn key_password(args: &PasswordArgs, what: &str, confirm: bool) -> anyhow::Result<Option<String>> {
+    if let Some(file) = &args.password_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading password file {}", file.display()))?;
+        let pw = text.lines().next().unwrap_or_default().to_string();
+        if pw.is_empty() {
+            bail!("password file {} is empty", file.display());
+        }
+        return Ok(Some(pw));
+    }
+    if let Ok(pw) = std::env::var("AIRGAP_KEY_PASSWORD") {
+        return Ok(Some(pw));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let pw = rpassword::prompt_password(format!("password for {what}: "))?;
+    if confirm && rpassword::prompt_password("again: ")? != pw {
+        bail!("the passwords differ");
+    }
+    Ok(Some(pw))
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let password = if args.no_password {
+        None
+    } else {
+        match key_password(&args.password, "the new secret key", true)? {
+            Some(pw) => Some(pw),
+            None => bail!(
+                "no password for the new key: give --password-file FILE, set AIRGAP_KEY_PASSWORD, \
+                 or pass --no-password for an unencrypted key"
+            ),
+        }
+    };
+    let keys = airgap_bundle::sign::generate(password)?;
+    let with_ext = |ext: &str| {
+        let mut name = args.out.clone().into_os_string();
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    let (sk_path, pk_path) = (with_ext(".key"), with_ext(".pub"));
+    for path in [&sk_path, &pk_path] {
+        if path.exists() && !args.force {
+            bail!("{} exists (use --force to overwrite)", path.display());
+        }
+    }
+    write_private(&sk_path, keys.secret_key_file.as_bytes())?;
+    std::fs::write(&pk_path, keys.public_key_file.as_bytes())
+        .with_context(|| format!("writing {}", pk_path.display()))?;
+    eprintln!(
+        "wrote {} (secret, keep it on the build machine) and {} (public, put it on the stick)",
+        sk_path.display(),
+        pk_path.display()
+    );
+    eprintln!("key id {}", keys.key_id);
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        _ => "amd64",
+    }
+}
+
+fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
+    let key_password = key_password(&args.password, &args.sign_key.display().to_string(), false)?;
+    let mirrors = args
+        .registry_mirror
+        .iter()
+        .map(|m| airgap_bundler::registry::parse_mirror(m))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let arches = if args.arch.is_empty() {
+        vec![host_arch().to_string()]
+    } else {
+        args.arch.clone()
+    };
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Some(
+            v.parse::<u64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
+        ),
+        Err(_) => None,
+    };
+    let opts = BuildOptions {
+        version: args.version.clone(),
+        arches,
+        output: args.output.clone(),
+        sign_key: args.sign_key.clone(),
+        key_password,
+        release: ReleaseSource {
+            base_url: args.release_url.clone(),
+            install_sh_url: args.install_sh_url.clone(),
+        },
+        registry: RegistryConfig {
+            mirrors,
+            insecure: args.insecure_registry.clone(),
+            jobs: args.jobs as usize,
+        },
+        compression: match args.compress {
+            CompressArg::None => Compression::None,
+            CompressArg::Zstd => Compression::Zstd {
+                level: args.compress_level,
+                threads: std::thread::available_parallelism()
+                    .map(|n| n.get() as u32)
+                    .unwrap_or(1),
+            },
+        },
+        jobs: args.jobs as usize,
+        manifests_dir: args.manifests.clone(),
+        lock_path: args.lock.clone(),
+        source_date_epoch,
+    };
+    let progress = airgap_bundler::progress::progress_for(args.quiet || args.json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(build(&opts, progress.as_ref()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !args.quiet {
+        eprintln!(
+            "built {} ({}, {} images, {} distinct blobs, {} saved by sharing layers)",
+            summary.file.display(),
+            airgap_bundle::inspect::human_bytes(summary.size),
+            summary.images.len(),
+            summary.blobs,
+            airgap_bundle::inspect::human_bytes(summary.dedup_saved_bytes),
+        );
+        if summary.lock_updated {
+            eprintln!("pinned new digests in {}", opts.lock_path.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

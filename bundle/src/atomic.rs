@@ -26,10 +26,18 @@ impl AtomicFile {
             .suffix(".partial")
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        Ok(Self {
+        // Temporary files are created 0600; the result gets the mode of the
+        // file it replaces, or 0644, unless the caller sets one.
+        let mode = std::fs::metadata(target)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .unwrap_or(0o644);
+        let file = Self {
             target: target.to_path_buf(),
             temp,
-        })
+        };
+        file.set_mode(mode)
+            .with_context(|| format!("setting the mode of {}", file.temp_path().display()))?;
+        Ok(file)
     }
 
     pub fn target(&self) -> &Path {
@@ -108,6 +116,9 @@ mod tests {
         f.write_all(b"whole").unwrap();
         f.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

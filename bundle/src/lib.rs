@@ -20,3 +20,4 @@ pub mod sign;
 pub mod source;
 pub mod sums;
 pub mod write;
+pub mod inspect;

@@ -74,7 +74,6 @@ pub enum FileRole {
     K3sBinary,
     Installer,
     InstallScript,
-    K3sImagesList,
     Manifest,
     Lock,
 }

@@ -5,3 +5,5 @@ pub mod progress;
 pub mod registry;
 pub mod release;
 pub mod store;
+pub mod build;
+pub mod imageset;
