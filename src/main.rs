@@ -200,7 +200,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn print_result<T: serde::Serialize + std::fmt::Display>(value: &T, json: bool) -> anyhow::Result<()> {
+fn print_result<T: serde::Serialize + std::fmt::Display>(
+    value: &T,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {

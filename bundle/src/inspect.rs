@@ -25,7 +25,11 @@ pub struct Verified {
 impl fmt::Display for Verified {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}: OK", self.file)?;
-        writeln!(f, "  signature: {} ({})", self.signature, self.trusted_comment)?;
+        writeln!(
+            f,
+            "  signature: {} ({})",
+            self.signature, self.trusted_comment
+        )?;
         write!(
             f,
             "  {} entries, {} bytes, all match SHA256SUMS ({})",
@@ -65,7 +69,10 @@ pub struct Inspection {
 }
 
 /// Reads the head of a bundle (signature, `SHA256SUMS`, `bundle.json`) only.
-pub fn inspect_file(path: &Path, key: Option<crate::sign::PublicKey>) -> anyhow::Result<Inspection> {
+pub fn inspect_file(
+    path: &Path,
+    key: Option<crate::sign::PublicKey>,
+) -> anyhow::Result<Inspection> {
     let input = open_bundle(path)?;
     let (trust, signature) = match key {
         Some(k) => {

@@ -10,6 +10,7 @@
 
 pub mod atomic;
 pub mod digest;
+pub mod inspect;
 pub mod lock;
 pub mod meta;
 pub mod oci;
@@ -20,4 +21,3 @@ pub mod sign;
 pub mod source;
 pub mod sums;
 pub mod write;
-pub mod inspect;

@@ -278,7 +278,7 @@ mod tests {
         );
         let parsed = AnyManifest::parse("m", None, m.as_bytes()).unwrap();
         assert_eq!(parsed.media_type(), DOCKER_MANIFEST);
-        let i = format!(r#"{{"schemaVersion":2,"manifests":[]}}"#);
+        let i = r#"{"schemaVersion":2,"manifests":[]}"#;
         assert!(matches!(
             AnyManifest::parse("i", None, i.as_bytes()).unwrap(),
             AnyManifest::Index(_)

@@ -140,7 +140,7 @@ pub fn read_header<R: Read>(input: R, trust: &Trust) -> anyhow::Result<Header> {
 fn read<R: Read>(
     input: R,
     trust: &Trust,
-    mut sink: Option<&mut dyn EntrySink>,
+    sink: Option<&mut dyn EntrySink>,
 ) -> anyhow::Result<ReadSummary> {
     let mut archive = tar::Archive::new(input);
     let mut entries = archive
@@ -215,7 +215,7 @@ fn read<R: Read>(
         meta,
     };
 
-    let Some(sink) = sink.as_deref_mut() else {
+    let Some(sink) = sink else {
         return Ok(ReadSummary {
             header,
             entries: 3,

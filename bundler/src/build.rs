@@ -8,7 +8,7 @@
 
 use crate::imageset::{self, Source};
 use crate::progress::Progress;
-use crate::registry::{Puller, PulledImage, RegistryConfig};
+use crate::registry::{PulledImage, Puller, RegistryConfig};
 use crate::release::{self, ReleaseSource};
 use crate::store::BlobStore;
 use airgap_bundle::atomic::AtomicFile;
@@ -103,8 +103,9 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
         .arches
         .iter()
         .map(|a| {
-            Platform::for_arch(a)
-                .with_context(|| format!("unknown architecture {a:?} (expected amd64, arm64 or arm)"))
+            Platform::for_arch(a).with_context(|| {
+                format!("unknown architecture {a:?} (expected amd64, arm64 or arm)")
+            })
         })
         .collect::<anyhow::Result<_>>()?;
     let secret_key = sign::load_secret_key(&opts.sign_key, opts.key_password.clone())?;
@@ -203,7 +204,14 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
         wanted: &wanted,
         binaries: &binaries
             .iter()
-            .map(|(arch, a)| (arch.clone(), a.binary.path.clone(), a.binary.digest, a.binary.size))
+            .map(|(arch, a)| {
+                (
+                    arch.clone(),
+                    a.binary.path.clone(),
+                    a.binary.digest,
+                    a.binary.size,
+                )
+            })
             .collect::<Vec<_>>(),
         install_sh: install_sh.as_deref(),
         manifest_files: &manifest_files,
@@ -222,8 +230,8 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
     // Write the tar stream beside the output, then rename it into place.
     let total: u64 = staged.entries.iter().map(|e| e.size).sum();
     progress.writing_started(total);
-    let mut out = AtomicFile::create(&output)
-        .with_context(|| format!("creating {}", output.display()))?;
+    let mut out =
+        AtomicFile::create(&output).with_context(|| format!("creating {}", output.display()))?;
     let entries = staged.entries.clone();
     let compression = opts.compression;
     let stamp = TarStamp { mtime: created };
@@ -231,9 +239,17 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
     let writer = std::io::BufWriter::with_capacity(1 << 20, file);
     tokio::task::block_in_place(|| {
         let mut on_bytes = |n| progress.writing_advanced(n);
-        write_bundle(writer, &signature, &sums_text, &entries, compression, stamp, &mut on_bytes)?
-            .into_inner()
-            .map_err(|e| e.into_error())?;
+        write_bundle(
+            writer,
+            &signature,
+            &sums_text,
+            &entries,
+            compression,
+            stamp,
+            &mut on_bytes,
+        )?
+        .into_inner()
+        .map_err(|e| e.into_error())?;
         anyhow::Ok(())
     })
     .with_context(|| format!("writing {}", output.display()))?;
@@ -477,6 +493,8 @@ fn read_manifest(
         .with_context(|| format!("reading manifest {} of {reference}", desc.digest))?;
     match oci::AnyManifest::parse(&reference.to_string(), Some(&desc.media_type), &bytes)? {
         oci::AnyManifest::Image(m) => Ok(m),
-        oci::AnyManifest::Index(_) => bail!("{reference}: nested index {} is not supported", desc.digest),
+        oci::AnyManifest::Index(_) => {
+            bail!("{reference}: nested index {} is not supported", desc.digest)
+        }
     }
 }

@@ -135,7 +135,11 @@ pub struct ManifestImage {
 fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
         "Pod" => &["spec"],
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job"
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
         | "ReplicationController" => &["spec", "template", "spec"],
         "CronJob" => &["spec", "jobTemplate", "spec", "template", "spec"],
         _ => return None,
@@ -210,8 +214,8 @@ pub fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 pub fn scan_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<ManifestImage>> {
     let mut out = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let docs = parse_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         for (i, doc) in docs.iter().enumerate() {
             images_in_doc(doc, file, i + 1, &mut out);
@@ -337,7 +341,10 @@ spec:
         std::fs::write(&file, GUESTBOOK).unwrap();
         let found = scan_manifests(&[file]).unwrap();
         let names: Vec<_> = found.iter().map(|f| f.image.as_str()).collect();
-        assert_eq!(names, ["busybox:1.32", "kubeguide/redis-master:latest", "alpine"]);
+        assert_eq!(
+            names,
+            ["busybox:1.32", "kubeguide/redis-master:latest", "alpine"]
+        );
         assert_eq!(found[0].container, "init");
         assert_eq!(found[0].line, 11);
         assert_eq!(found[1].pull_policy.as_deref(), Some("IfNotPresent"));

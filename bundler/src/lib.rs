@@ -1,9 +1,9 @@
 //! The connected side: resolve what a bundle needs, fetch it verified, and
 //! assemble the signed bundle.
 #![forbid(unsafe_code)]
+pub mod build;
+pub mod imageset;
 pub mod progress;
 pub mod registry;
 pub mod release;
 pub mod store;
-pub mod build;
-pub mod imageset;
