@@ -374,7 +374,7 @@ impl Job<'_> {
     async fn fetch_blob(&self, desc: &Descriptor) -> Result<()> {
         self.fetch_blob_inner(desc)
             .await
-            .with_context(|| format!("blob {}", desc.digest))
+            .with_context(|| format!("blob {}", desc.digest.short()))
     }
 
     async fn fetch_blob_inner(&self, desc: &Descriptor) -> Result<()> {

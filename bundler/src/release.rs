@@ -221,15 +221,16 @@ pub async fn fetch_release(
     let binary_name = k3s_asset_name(arch)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let fetch = |name: &str, url: String, expected: Option<Digest>, limit: Option<u64>| {
-        download(
-            client,
-            name.to_string(),
+        let mode = if name == binary_name { 0o755 } else { 0o644 };
+        let target = Target {
+            name: name.to_string(),
             url,
-            dir.join(name),
+            dest: dir.join(name),
             expected,
             limit,
-            progress,
-        )
+            mode,
+        };
+        download(client, target, progress)
     };
 
     let sums_name = format!("sha256sum-{arch}.txt");
@@ -293,16 +294,31 @@ fn read_text(asset: &Asset) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| anyhow!("not UTF-8 text"))
 }
 
-/// Streams `url` into `dest` through a verifying temporary file.
-async fn download(
-    client: &reqwest::Client,
+/// One file to download.
+struct Target {
     name: String,
     url: String,
     dest: PathBuf,
     expected: Option<Digest>,
+    /// Most bytes accepted (for files read into memory afterwards).
     limit: Option<u64>,
+    mode: u32,
+}
+
+/// Streams a file into place through a verifying temporary file.
+async fn download(
+    client: &reqwest::Client,
+    target: Target,
     progress: &dyn Progress,
 ) -> Result<Asset> {
+    let Target {
+        name,
+        url,
+        dest,
+        expected,
+        limit,
+        mode,
+    } = target;
     let fail = |e: anyhow::Error| e.context(format!("downloading {name} from {url}"));
     let mut response = client
         .get(&url)
@@ -322,8 +338,9 @@ async fn download(
         }
     }
     // The file is checked against the digest only; name the URL in its errors.
-    let mut writer =
-        BlobWriter::create(&dest, format!("{name} from {url}"), expected, None).map_err(fail)?;
+    let mut writer = BlobWriter::create(&dest, format!("{name} from {url}"), expected, None)
+        .map_err(fail)?
+        .with_mode(mode);
     progress.asset_started(&name, length);
     while let Some(chunk) = response
         .chunk()

@@ -187,6 +187,7 @@ pub struct BlobWriter {
     dest: PathBuf,
     digest: Option<Digest>,
     size: Option<u64>,
+    mode: u32,
     file: tokio::fs::File,
     temp: tempfile::TempPath,
     hasher: Hasher,
@@ -212,10 +213,17 @@ impl BlobWriter {
             dest: dest.to_path_buf(),
             digest,
             size,
+            mode: 0o644,
             file: tokio::fs::File::from_std(file),
             temp,
             hasher: Hasher::new(),
         })
+    }
+
+    /// The permissions the published file gets (default `0o644`).
+    pub fn with_mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Bytes written so far.
@@ -266,20 +274,20 @@ impl BlobWriter {
             .await
             .with_context(|| format!("syncing {}", self.temp.display()))?;
         let file = self.file.into_std().await;
-        let (temp, dest) = (self.temp, self.dest);
-        tokio::task::spawn_blocking(move || publish(file, temp, &dest))
+        let (temp, dest, mode) = (self.temp, self.dest, self.mode);
+        tokio::task::spawn_blocking(move || publish(file, temp, &dest, mode))
             .await
             .context("publishing a verified file")??;
         Ok(hashed)
     }
 }
 
-/// Makes a verified, synced temporary file world-readable (tempfile creates
-/// it private, and an OCI layout is read by other tools), renames it over
+/// Gives a verified, synced temporary file its mode (tempfile creates it
+/// private, and an OCI layout is read by other tools), renames it over
 /// `dest` and syncs the directory so the rename survives a crash.
-fn publish(file: std::fs::File, temp: tempfile::TempPath, dest: &Path) -> Result<()> {
+fn publish(file: std::fs::File, temp: tempfile::TempPath, dest: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", temp.display()))?;
     drop(file);
     temp.persist(dest)
@@ -447,10 +455,15 @@ mod tests {
     async fn writes_plain_files_outside_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("k3s");
-        let mut w = BlobWriter::create(&dest, "k3s", None, None).unwrap();
+        let mut w = BlobWriter::create(&dest, "k3s", None, None)
+            .unwrap()
+            .with_mode(0o755);
         w.write(b"binary").await.unwrap();
         let hashed = w.commit().await.unwrap();
         assert_eq!(hashed.digest, Digest::of(b"binary"));
         assert_eq!(std::fs::read(&dest).unwrap(), b"binary");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
     }
 }
