@@ -1,3 +1,11 @@
 //! The disconnected side: verify a bundle while it streams, import its images
 //! into containerd, lay k3s down on the host and start it.
 #![forbid(unsafe_code)]
+pub mod layout;
+pub mod preflight;
+pub mod record;
+pub mod root;
+pub mod run;
+pub mod service;
+
+pub mod import;

@@ -1,0 +1,566 @@
+//! `import`: a bundle's images into containerd over its gRPC API, ready for
+//! Kubernetes — what `ctr -n k8s.io images import` plus an unpack does, but
+//! streamed straight from the bundle and checked at every step.
+//!
+//! Every write happens under one lease (which expires by itself if the
+//! installer dies), blobs are written with their expected digest and size so
+//! containerd refuses anything else at commit, image records are created only
+//! once every blob they need is committed and the host platform's layers are
+//! unpacked into the snapshotter, and the lease is deleted last. It trusts the
+//! bundle's digests (checked by the reader and again by containerd) and
+//! containerd itself; nothing here touches the host's files.
+//!
+//! Stages, one file each: [`content`] (blobs in and out of the content store),
+//! [`unpack`] (layers into snapshots), [`sink`] (the bundle reader's side).
+
+mod content;
+mod sink;
+mod unpack;
+
+pub use content::{gc_labels, BlobWriter, Committed};
+pub use sink::{import_bundle, ImageReport, ImportReport, ImportSink, SkippedImage};
+pub use unpack::UnpackOutcome;
+
+use airgap_bundle::digest::Digest;
+use airgap_bundle::oci::{Descriptor, Platform};
+use anyhow::{anyhow, bail, Context as _, Result};
+use containerd_client::services::v1::{
+    images_client::ImagesClient, introspection_client::IntrospectionClient,
+    leases_client::LeasesClient, version_client::VersionClient, CreateImageRequest, CreateRequest,
+    DeleteRequest, GetImageRequest, Image, ListImagesRequest, PluginsRequest, UpdateImageRequest,
+};
+use containerd_client::tonic::metadata::AsciiMetadataValue;
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Code, Request, Status};
+use containerd_client::types;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The namespace the CRI plugin (and so Kubernetes) reads images from.
+pub const DEFAULT_NAMESPACE: &str = "k8s.io";
+pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
+/// containerd's own socket (a packaged containerd).
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// k3s's embedded containerd.
+pub const K3S_CONTAINERD_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
+
+/// Marks an image as one the CRI plugin manages (lists, garbage-collects).
+pub const LABEL_CRI_IMAGE: &str = "io.cri-containerd.image";
+/// Keeps the CRI plugin's image GC away from an image (the sandbox image).
+pub const LABEL_CRI_PINNED: &str = "io.cri-containerd.pinned";
+/// When a lease stops protecting what was written under it.
+pub const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
+
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+const LEASE_HEADER: &str = "containerd-lease";
+const SNAPSHOTTER_PLUGIN: &str = "io.containerd.snapshotter.v1";
+
+/// Where and how to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// containerd's gRPC socket.
+    pub socket: PathBuf,
+    /// containerd namespace (`k8s.io` for Kubernetes).
+    pub namespace: String,
+    /// Snapshotter the host platform's layers are unpacked into.
+    pub snapshotter: String,
+    /// The host's platform: only its manifest of each image is unpacked and
+    /// named; other platforms' blobs are imported as content.
+    pub platform: Platform,
+    /// How long containerd may take to accept the connection and answer.
+    pub timeout: Duration,
+    /// How long the import's lease protects unreferenced content if the
+    /// installer dies before deleting it. A longer import is still safe: the
+    /// blobs an image needs are checked again before it is named.
+    pub lease_expiry: Duration,
+}
+
+impl ImportOptions {
+    /// `k8s.io`, `overlayfs`, this host's platform, 10 s, 1 h.
+    pub fn new(socket: impl Into<PathBuf>) -> ImportOptions {
+        ImportOptions {
+            socket: socket.into(),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            platform: host_platform(),
+            timeout: Duration::from_secs(10),
+            lease_expiry: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The platform of the machine this runs on.
+pub fn host_platform() -> Platform {
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        _ => "amd64",
+    };
+    Platform::for_arch(arch).unwrap_or(Platform {
+        os: "linux".into(),
+        architecture: arch.into(),
+        variant: None,
+    })
+}
+
+/// containerd cannot be reached: nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[error("containerd is not running at {}: {reason}", socket.display())]
+pub struct NotRunning {
+    pub socket: PathBuf,
+    pub reason: String,
+}
+
+/// What [`Importer::create_image`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageOutcome {
+    Created,
+    /// The name pointed elsewhere, or lacked the CRI labels.
+    Updated,
+    Unchanged,
+}
+
+/// An image record as containerd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub name: String,
+    pub target: Digest,
+    pub media_type: String,
+    pub labels: HashMap<String, String>,
+}
+
+struct Lease {
+    id: String,
+    header: AsciiMetadataValue,
+}
+
+/// A connection to containerd, and the lease an import writes under.
+pub struct Importer {
+    channel: Channel,
+    opts: ImportOptions,
+    namespace: AsciiMetadataValue,
+    lease: Option<Lease>,
+}
+
+/// A gRPC failure as a short message: `containerd said NotFound: ...`.
+pub(crate) fn grpc(status: Status) -> anyhow::Error {
+    anyhow!("containerd said {:?}: {}", status.code(), status.message())
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
+/// containerd's rule for namespace names and other identifiers.
+fn check_identifier(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 76
+        && name.split(['.', '_', '-']).all(|part| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+    if !ok {
+        bail!("{what} {name:?} is not a valid containerd identifier (letters and digits, single . _ - between them)");
+    }
+    Ok(())
+}
+
+impl Importer {
+    /// Connects and checks that containerd answers and has the snapshotter.
+    /// Writes nothing.
+    pub async fn connect(opts: ImportOptions) -> Result<Importer> {
+        check_identifier("namespace", &opts.namespace)?;
+        let not_running = |reason: String| -> anyhow::Error {
+            NotRunning {
+                socket: opts.socket.clone(),
+                reason,
+            }
+            .into()
+        };
+        match std::fs::metadata(&opts.socket) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not_running("no socket there".into()))
+            }
+            Err(e) => return Err(not_running(e.to_string())),
+            Ok(m) => {
+                use std::os::unix::fs::FileTypeExt as _;
+                if !m.file_type().is_socket() {
+                    return Err(not_running("not a unix socket".into()));
+                }
+            }
+        }
+        let channel =
+            match tokio::time::timeout(opts.timeout, containerd_client::connect(&opts.socket))
+                .await
+            {
+                Err(_) => {
+                    return Err(not_running(format!(
+                        "no connection within {:?}",
+                        opts.timeout
+                    )))
+                }
+                Ok(Err(e)) => return Err(not_running(error_chain(&e))),
+                Ok(Ok(channel)) => channel,
+            };
+        let version =
+            match tokio::time::timeout(opts.timeout, VersionClient::new(channel.clone()).version(()))
+                .await
+            {
+                Err(_) => {
+                    return Err(not_running(format!(
+                        "it did not answer within {:?}",
+                        opts.timeout
+                    )))
+                }
+                Ok(Err(status)) => return Err(not_running(grpc(status).to_string())),
+                Ok(Ok(v)) => v.into_inner(),
+            };
+        tracing::debug!(
+            socket = %opts.socket.display(),
+            version = %version.version,
+            "connected to containerd"
+        );
+        let namespace = AsciiMetadataValue::try_from(opts.namespace.as_str())
+            .context("namespace as a gRPC header")?;
+        let importer = Importer {
+            channel,
+            opts,
+            namespace,
+            lease: None,
+        };
+        importer.check_snapshotter().await?;
+        Ok(importer)
+    }
+
+    pub fn options(&self) -> &ImportOptions {
+        &self.opts
+    }
+
+    /// The lease writes happen under, once [`Importer::begin`] made it.
+    pub fn lease_id(&self) -> Option<&str> {
+        self.lease.as_ref().map(|l| l.id.as_str())
+    }
+
+    async fn check_snapshotter(&self) -> Result<()> {
+        let plugins = IntrospectionClient::new(self.channel.clone())
+            .plugins(PluginsRequest { filters: vec![] })
+            .await
+            .map_err(grpc)
+            .with_context(|| {
+                format!(
+                    "listing the plugins of containerd at {}",
+                    self.opts.socket.display()
+                )
+            })?
+            .into_inner()
+            .plugins;
+        let snapshotters: Vec<_> = plugins
+            .iter()
+            .filter(|p| p.r#type == SNAPSHOTTER_PLUGIN)
+            .collect();
+        let Some(found) = snapshotters.iter().find(|p| p.id == self.opts.snapshotter) else {
+            let names: Vec<&str> = snapshotters.iter().map(|p| p.id.as_str()).collect();
+            bail!(
+                "containerd at {} has no snapshotter {:?} (it has: {})",
+                self.opts.socket.display(),
+                self.opts.snapshotter,
+                names.join(", ")
+            );
+        };
+        if let Some(err) = &found.init_err {
+            bail!(
+                "snapshotter {:?} of containerd at {} failed to load: {}",
+                self.opts.snapshotter,
+                self.opts.socket.display(),
+                err.message
+            );
+        }
+        Ok(())
+    }
+
+    /// A request in this import's namespace, under its lease when there is one.
+    pub(crate) fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        req.metadata_mut()
+            .insert(NAMESPACE_HEADER, self.namespace.clone());
+        if let Some(lease) = &self.lease {
+            req.metadata_mut()
+                .insert(LEASE_HEADER, lease.header.clone());
+        }
+        req
+    }
+
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub(crate) fn require_lease(&self) -> Result<&str> {
+        self.lease_id()
+            .ok_or_else(|| anyhow!("internal error: containerd writes need a lease (call begin first)"))
+    }
+
+    /// Creates the lease every later write happens under. It expires after
+    /// [`ImportOptions::lease_expiry`], so a crashed import's content is
+    /// collected.
+    pub async fn begin(&mut self) -> Result<()> {
+        if self.lease.is_some() {
+            return Ok(());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let id = format!(
+            "airgap-import-{}-{}{:09}",
+            std::process::id(),
+            now.as_secs(),
+            now.subsec_nanos()
+        );
+        let expire = rfc3339_utc((now + self.opts.lease_expiry).as_secs());
+        let labels = HashMap::from([(LABEL_GC_EXPIRE.to_string(), expire)]);
+        LeasesClient::new(self.channel())
+            .create(self.request(CreateRequest {
+                id: id.clone(),
+                labels,
+            }))
+            .await
+            .map_err(grpc)
+            .context("creating the import's lease in containerd")?;
+        let header = AsciiMetadataValue::try_from(id.as_str()).context("lease id as a header")?;
+        tracing::debug!(lease = %id, "lease created");
+        self.lease = Some(Lease { id, header });
+        Ok(())
+    }
+
+    /// Whether the blob is in the content store (of this namespace).
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.blob_labels(digest).await?.is_some())
+    }
+
+    /// Names `target` `name` with the CRI labels (and the pinned label for
+    /// the sandbox image). Call only once every blob of the image is
+    /// committed. An existing record with the same target and labels is left
+    /// alone.
+    pub async fn create_image(
+        &self,
+        name: &str,
+        target: &Descriptor,
+        sandbox: bool,
+    ) -> Result<ImageOutcome> {
+        let mut labels = HashMap::from([(LABEL_CRI_IMAGE.to_string(), "managed".to_string())]);
+        if sandbox {
+            labels.insert(LABEL_CRI_PINNED.to_string(), "pinned".to_string());
+        }
+        let wanted = types::Descriptor {
+            media_type: target.media_type.clone(),
+            digest: target.digest.to_string(),
+            size: target.size as i64,
+            annotations: HashMap::new(),
+        };
+        let mut images = ImagesClient::new(self.channel());
+        let context = || format!("naming image {name} ({})", target.digest);
+        let existing = match images
+            .get(self.request(GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await
+        {
+            Ok(resp) => resp.into_inner().image,
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(grpc(s)).with_context(context),
+        };
+        let Some(existing) = existing else {
+            let image = Image {
+                name: name.to_string(),
+                labels,
+                target: Some(wanted),
+                created_at: None,
+                updated_at: None,
+            };
+            images
+                .create(self.request(CreateImageRequest {
+                    image: Some(image),
+                    source_date_epoch: None,
+                }))
+                .await
+                .map_err(grpc)
+                .with_context(context)?;
+            return Ok(ImageOutcome::Created);
+        };
+        let same_target = existing.target.as_ref().is_some_and(|t| {
+            t.digest == wanted.digest && t.media_type == wanted.media_type && t.size == wanted.size
+        });
+        let mut paths: Vec<String> = labels
+            .iter()
+            .filter(|(k, v)| existing.labels.get(*k) != Some(v))
+            .map(|(k, _)| format!("labels.{k}"))
+            .collect();
+        if same_target && paths.is_empty() {
+            return Ok(ImageOutcome::Unchanged);
+        }
+        if !same_target {
+            paths.push("target".to_string());
+        }
+        paths.sort();
+        let image = Image {
+            name: name.to_string(),
+            labels,
+            target: Some(wanted),
+            created_at: None,
+            updated_at: None,
+        };
+        images
+            .update(self.request(UpdateImageRequest {
+                image: Some(image),
+                update_mask: Some(prost_types::FieldMask { paths }),
+                source_date_epoch: None,
+            }))
+            .await
+            .map_err(grpc)
+            .with_context(context)?;
+        Ok(ImageOutcome::Updated)
+    }
+
+    /// Every image record in the namespace.
+    pub async fn images(&self) -> Result<Vec<ImageRecord>> {
+        let list = ImagesClient::new(self.channel())
+            .list(self.request(ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(grpc)
+            .context("listing containerd's images")?
+            .into_inner()
+            .images;
+        list.into_iter()
+            .map(|image| {
+                let target = image
+                    .target
+                    .ok_or_else(|| anyhow!("image {} has no target", image.name))?;
+                Ok(ImageRecord {
+                    target: target
+                        .digest
+                        .parse()
+                        .with_context(|| format!("image {}", image.name))?,
+                    media_type: target.media_type,
+                    name: image.name,
+                    labels: image.labels,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the lease: the image records now hold what they need.
+    pub async fn commit(mut self) -> Result<()> {
+        self.end_lease(false).await
+    }
+
+    /// Deletes the lease and has containerd collect what nothing else holds
+    /// (before returning), so a failed import leaves nothing behind.
+    pub async fn abort(mut self) -> Result<()> {
+        self.end_lease(true).await
+    }
+
+    async fn end_lease(&mut self, sync: bool) -> Result<()> {
+        let Some(lease) = self.lease.take() else {
+            return Ok(());
+        };
+        let mut req = Request::new(DeleteRequest {
+            id: lease.id.clone(),
+            sync,
+        });
+        req.metadata_mut()
+            .insert(NAMESPACE_HEADER, self.namespace.clone());
+        LeasesClient::new(self.channel())
+            .delete(req)
+            .await
+            .map_err(grpc)
+            .with_context(|| format!("deleting lease {} in containerd", lease.id))?;
+        tracing::debug!(lease = %lease.id, sync, "lease deleted");
+        Ok(())
+    }
+}
+
+impl Drop for Importer {
+    /// Neither committed nor aborted (an error or a panic on the way): delete
+    /// the lease in the background when a runtime is at hand; otherwise its
+    /// expiry label lets containerd collect it.
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut req = Request::new(DeleteRequest {
+            id: lease.id,
+            sync: false,
+        });
+        req.metadata_mut()
+            .insert(NAMESPACE_HEADER, self.namespace.clone());
+        let mut leases = LeasesClient::new(self.channel());
+        handle.spawn(async move {
+            let _ = leases.delete(req).await;
+        });
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (what containerd's GC
+/// parses in `containerd.io/gc.expire`).
+fn rfc3339_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a proleptic Gregorian date, in 400-year eras.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+        assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339_utc(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn checks_identifiers() {
+        assert!(check_identifier("namespace", "k8s.io").is_ok());
+        assert!(check_identifier("namespace", "default").is_ok());
+        for bad in ["", "k8s..io", ".k8s", "a/b", "k8s.io-", "ü"] {
+            assert!(check_identifier("namespace", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_platform_is_known() {
+        let p = host_platform();
+        assert_eq!(p.os, "linux");
+        assert!(Platform::for_arch("amd64").unwrap().matches(&p) || p.architecture != "amd64");
+    }
+}

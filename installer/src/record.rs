@@ -1,0 +1,89 @@
+//! `/var/lib/rancher/k3s/airgap/install.json`: what an install wrote (files
+//! with their hashes and modes, links, directories it created, images, the
+//! service), so that a second run can tell it would change nothing and
+//! `airgap uninstall` removes exactly that and nothing else.
+
+use crate::layout::{Role, INSTALL_RECORD};
+use crate::root::HostRoot;
+use crate::service::Init;
+use airgap_bundle::digest::Digest;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstallRecord {
+    pub schema: u32,
+    pub role: Role,
+    pub init: Init,
+    pub k3s_version: String,
+    /// Digest of the bundle's SHA256SUMS: names its whole content.
+    pub bundle: Digest,
+    pub runtime: String,
+    /// containerd socket the images went to (external runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containerd_socket: Option<String>,
+    pub namespace: String,
+    /// Host paths (as on the host, not under --root).
+    pub files: Vec<RecordedFile>,
+    pub links: Vec<RecordedLink>,
+    /// Directories this install created, parents first.
+    pub dirs: Vec<String>,
+    pub images: Vec<RecordedImage>,
+    /// The detached k3s's pid file, for `--init none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedFile {
+    pub path: String,
+    pub sha256: Digest,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedLink {
+    pub path: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedImage {
+    pub name: String,
+    pub digest: Digest,
+}
+
+pub const RECORD_SCHEMA: u32 = 1;
+
+impl InstallRecord {
+    pub fn load(root: &HostRoot) -> anyhow::Result<Option<Self>> {
+        let path = root.path(INSTALL_RECORD);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!("{}: not an airgap install record: {e}", path.display())
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("record serialises");
+        s.push('\n');
+        s
+    }
+
+    pub fn file(&self, path: &str) -> Option<&RecordedFile> {
+        self.files.iter().find(|f| f.path == path)
+    }
+}
+
+/// Whether a recorded file is still as the install left it.
+pub fn unchanged(root: &HostRoot, file: &RecordedFile) -> bool {
+    crate::root::file_matches(&root.path(&file.path), &file.sha256, file.mode)
+}
+
+/// Whether `path` is a symlink to `target`.
+pub fn link_is(path: &Path, target: &str) -> bool {
+    std::fs::read_link(path).is_ok_and(|t| t == Path::new(target))
+}

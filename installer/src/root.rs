@@ -1,0 +1,191 @@
+//! The host's file system as the installer may touch it: every host path goes
+//! through [`HostRoot::path`], which joins it under `--root` (or `/`) and
+//! refuses anything that is not a plain absolute path, so neither a bundle nor
+//! a flag can make the installer write outside its root.
+//!
+//! [`Changes`] is the undo log of one run: directories it created, files it
+//! staged. Until [`Changes::keep`] is called, dropping it removes them again,
+//! so a failed install leaves the host as it found it.
+
+use airgap_bundle::atomic::AtomicFile;
+use airgap_bundle::digest::{hash_file, Digest};
+use anyhow::{bail, Context as _};
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Component, Path, PathBuf};
+
+/// The root every host path is resolved under.
+#[derive(Debug, Clone)]
+pub struct HostRoot {
+    root: PathBuf,
+}
+
+impl HostRoot {
+    pub fn new(root: &Path) -> anyhow::Result<Self> {
+        let root = if root.as_os_str().is_empty() {
+            PathBuf::from("/")
+        } else {
+            root.to_path_buf()
+        };
+        if !root.is_absolute() {
+            bail!("--root {} must be an absolute path", root.display());
+        }
+        Ok(Self { root })
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `host_path` (absolute, as on the host: `/etc/rancher/k3s/config.yaml`)
+    /// under the root. Panics on a relative path or `..`: host paths are the
+    /// installer's own constants, never bundle input.
+    pub fn path(&self, host_path: &str) -> PathBuf {
+        let p = Path::new(host_path);
+        assert!(p.is_absolute(), "host path {host_path} is not absolute");
+        let mut out = self.root.clone();
+        for c in p.components() {
+            match c {
+                Component::RootDir => {}
+                Component::Normal(n) => out.push(n),
+                _ => panic!("host path {host_path} is not plain"),
+            }
+        }
+        out
+    }
+}
+
+/// What one run changed so far, to undo unless kept.
+#[derive(Debug, Default)]
+pub struct Changes {
+    created_dirs: Vec<PathBuf>,
+    kept: bool,
+}
+
+impl Changes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Creates `dir` and its missing parents, remembering each one created.
+    pub fn create_dir_all(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let mut missing = Vec::new();
+        let mut cur = Some(dir);
+        while let Some(d) = cur {
+            if d.exists() {
+                break;
+            }
+            missing.push(d.to_path_buf());
+            cur = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            std::fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
+            self.created_dirs.push(d);
+        }
+        Ok(())
+    }
+
+    /// Directories created by this run, parents first.
+    pub fn created_dirs(&self) -> &[PathBuf] {
+        &self.created_dirs
+    }
+
+    /// The run succeeded: keep everything.
+    pub fn keep(mut self) -> Vec<PathBuf> {
+        self.kept = true;
+        std::mem::take(&mut self.created_dirs)
+    }
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for d in self.created_dirs.iter().rev() {
+            // Only empty directories: anything else in them is not ours.
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Whether `path` already holds exactly `digest` with `mode`: then writing it
+/// again would change nothing, and it is left alone (same mtime).
+pub fn file_matches(path: &Path, digest: &Digest, mode: u32) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_file()
+        && meta.permissions().mode() & 0o7777 == mode
+        && hash_file(path).is_ok_and(|h| h.digest == *digest)
+}
+
+/// Writes a small generated file (config, unit, env file) atomically, unless
+/// it already has this content and mode. Returns whether it was written.
+pub fn write_file(
+    changes: &mut Changes,
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+) -> anyhow::Result<bool> {
+    if file_matches(path, &Digest::of(content), mode) {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        changes.create_dir_all(dir)?;
+    }
+    let mut f = AtomicFile::create(path)?;
+    f.set_mode(mode)?;
+    f.write_all(content)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.commit()?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_under_the_root() {
+        let r = HostRoot::new(Path::new("/tmp/x")).unwrap();
+        assert_eq!(
+            r.path("/etc/rancher/k3s/config.yaml"),
+            Path::new("/tmp/x/etc/rancher/k3s/config.yaml")
+        );
+        assert!(HostRoot::new(Path::new("rel")).is_err());
+        assert!(std::panic::catch_unwind(|| r.path("/etc/../x")).is_err());
+    }
+
+    #[test]
+    fn changes_undo_created_dirs() {
+        let t = tempfile::tempdir().unwrap();
+        let deep = t.path().join("a/b/c");
+        {
+            let mut c = Changes::new();
+            c.create_dir_all(&deep).unwrap();
+            assert!(deep.is_dir());
+        }
+        assert!(!t.path().join("a").exists());
+        let mut c = Changes::new();
+        c.create_dir_all(&deep).unwrap();
+        c.keep();
+        assert!(deep.is_dir());
+    }
+
+    #[test]
+    fn write_file_skips_identical_content() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("etc/f");
+        let mut c = Changes::new();
+        assert!(write_file(&mut c, &p, b"x", 0o600).unwrap());
+        assert!(!write_file(&mut c, &p, b"x", 0o600).unwrap());
+        assert!(write_file(&mut c, &p, b"x", 0o644).unwrap());
+        c.keep();
+        assert_eq!(std::fs::read(&p).unwrap(), b"x");
+    }
+}
