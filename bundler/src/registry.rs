@@ -378,15 +378,32 @@ impl Job<'_> {
     }
 
     async fn fetch_blob_inner(&self, desc: &Descriptor) -> Result<()> {
-        let lease = match self.store.claim(&desc.digest, desc.size).await? {
-            Claim::Present { shared } => {
-                self.report_present(desc, shared);
-                return Ok(());
+        let p = self.progress;
+        let mut waited = false;
+        let lease = loop {
+            match self.store.try_claim(&desc.digest, desc.size) {
+                Claim::Present { shared } if !waited => {
+                    self.report_present(desc, shared);
+                    return Ok(());
+                }
+                Claim::Present { .. } => {
+                    p.blob_done(self.image, &desc.digest, desc.size, true);
+                    return Ok(());
+                }
+                Claim::Wait(waiter) => {
+                    // Shown as shared while another image fetches it.
+                    if !waited {
+                        p.blob_started(self.image, &desc.digest, desc.size, true);
+                        waited = true;
+                    }
+                    waiter.wait().await;
+                }
+                Claim::Fetch(lease) => break lease,
             }
-            Claim::Fetch(lease) => lease,
         };
         let _permit = self.puller.permits.acquire().await?;
-        let p = self.progress;
+        // After a failed fetch by another image this one takes over, and
+        // its image bar counts the blob twice; the run is failing anyway.
         p.blob_started(self.image, &desc.digest, desc.size, false);
         let mut writer = lease.begin()?;
         let digest = desc.digest.to_string();

@@ -45,6 +45,20 @@ pub enum Claim {
     /// The caller must fetch the blob: write it through [`Lease::begin`],
     /// commit, then drop the lease. Others claiming it wait until then.
     Fetch(Lease),
+    /// Another caller is fetching it: wait, then claim again (it is then
+    /// present, or that fetch failed and the next claim may fetch it).
+    Wait(Waiter),
+}
+
+/// Waits for another caller's fetch of a blob to end.
+pub struct Waiter(watch::Receiver<()>);
+
+impl Waiter {
+    /// Returns once the fetching caller's lease is dropped, committed or not.
+    pub async fn wait(mut self) {
+        // No value is ever sent: `changed` fails when the sender goes.
+        let _ = self.0.changed().await;
+    }
 }
 
 /// The right to fetch one blob. Dropping it (committed or not) wakes the
@@ -108,33 +122,35 @@ impl BlobStore {
         )
     }
 
-    /// Finds the blob present, or makes the caller its one fetcher, waiting
-    /// while another caller of this process is fetching it.
+    /// Finds the blob present, or makes the caller its one fetcher, or
+    /// (without waiting) says that another caller is fetching it.
+    pub fn try_claim(&self, digest: &Digest, size: u64) -> Claim {
+        let mut state = self.state();
+        if let Some(rx) = state.in_flight.get(digest) {
+            return Claim::Wait(Waiter(rx.clone()));
+        }
+        if self.contains(digest, size) {
+            let shared = !state.seen.insert(*digest);
+            return Claim::Present { shared };
+        }
+        let (tx, rx) = watch::channel(());
+        state.in_flight.insert(*digest, rx);
+        Claim::Fetch(Lease {
+            store: self.clone(),
+            digest: *digest,
+            size,
+            _done: tx,
+        })
+    }
+
+    /// Like [`try_claim`](Self::try_claim), but waits out another caller's
+    /// fetch: the answer is `Present` or `Fetch`, never `Wait`.
     pub async fn claim(&self, digest: &Digest, size: u64) -> Result<Claim> {
         loop {
-            let mut wait = {
-                let mut state = self.state();
-                match state.in_flight.get(digest) {
-                    Some(rx) => rx.clone(),
-                    None => {
-                        if self.contains(digest, size) {
-                            let shared = !state.seen.insert(*digest);
-                            return Ok(Claim::Present { shared });
-                        }
-                        let (tx, rx) = watch::channel(());
-                        state.in_flight.insert(*digest, rx);
-                        return Ok(Claim::Fetch(Lease {
-                            store: self.clone(),
-                            digest: *digest,
-                            size,
-                            _done: tx,
-                        }));
-                    }
-                }
-            };
-            // Returns (with an error) once the fetcher's lease is dropped;
-            // then look again: present, or the fetch failed and it is ours.
-            let _ = wait.changed().await;
+            match self.try_claim(digest, size) {
+                Claim::Wait(waiter) => waiter.wait().await,
+                claim => return Ok(claim),
+            }
         }
     }
 
@@ -145,6 +161,7 @@ impl BlobStore {
         let size = bytes.len() as u64;
         match self.claim(digest, size).await? {
             Claim::Present { shared } => Ok(shared),
+            Claim::Wait(_) => unreachable!("claim waits"),
             Claim::Fetch(lease) => {
                 let mut writer = lease.begin()?;
                 writer.write(bytes).await?;
@@ -397,6 +414,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn try_claim_reports_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::of(b"abc");
+        let Claim::Fetch(lease) = store.try_claim(&d, 3) else {
+            panic!("nothing stored yet");
+        };
+        let Claim::Wait(waiter) = store.try_claim(&d, 3) else {
+            panic!("in flight");
+        };
+        let mut w = lease.begin().unwrap();
+        w.write(b"abc").await.unwrap();
+        w.commit().await.unwrap();
+        drop(lease);
+        waiter.wait().await;
+        assert!(matches!(
+            store.try_claim(&d, 3),
+            Claim::Present { shared: true }
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_claims_fetch_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
@@ -409,6 +448,7 @@ mod tests {
                 tokio::spawn(async move {
                     match store.claim(&d, data.len() as u64).await.unwrap() {
                         Claim::Present { shared } => shared,
+                        Claim::Wait(_) => unreachable!("claim waits"),
                         Claim::Fetch(lease) => {
                             fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let mut w = lease.begin().unwrap();
