@@ -34,6 +34,8 @@ enum Command {
     /// Build, verify and inspect bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Install k3s from a bundle on this (disconnected) node.
+    Install(Box<InstallArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,6 +126,111 @@ struct BuildArgs {
     json: bool,
 }
 
+/// Install k3s from a bundle: verify it while streaming (signature, then every
+/// entry), import its images into containerd's k8s.io namespace, lay k3s down
+/// as install.sh does, and start it. On any problem the host is left as it was.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+  airgap install --offline k3s.airgap.tar.zst --key site.pub --role server\n  \
+  airgap install --offline k3s.airgap.tar.zst --key site.pub --role agent \\\n      \
+  --server https://192.168.40.160:6443 --token-file node-token")]
+struct InstallArgs {
+    /// The bundle file.
+    bundle: PathBuf,
+    /// Open no network connection but containerd's socket and, for joins,
+    /// the server URL. Required: airgap installs never download.
+    #[arg(long)]
+    offline: bool,
+    /// Public key the bundle must be signed with.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "insecure_skip_signature"
+    )]
+    key: Option<PathBuf>,
+    /// Install a bundle without checking its signature (checksums are still checked).
+    #[arg(long)]
+    insecure_skip_signature: bool,
+    /// Server (control plane) or agent (worker).
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// The server to join: https://<server>:6443 (K3S_URL).
+    #[arg(long, value_name = "URL", env = "K3S_URL")]
+    server: Option<String>,
+    /// The join token (K3S_TOKEN); prefer --token-file.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "K3S_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the join token (K3S_TOKEN_FILE).
+    #[arg(long, value_name = "FILE", env = "K3S_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Start a new HA cluster with embedded etcd (the first server).
+    #[arg(long)]
+    cluster_init: bool,
+    /// This node's name in the cluster.
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// Which containerd gets the images.
+    #[arg(long, value_enum, default_value_t = RuntimeArg::External)]
+    runtime: RuntimeArg,
+    /// containerd's socket (external runtime).
+    #[arg(long, value_name = "PATH")]
+    containerd_socket: Option<PathBuf>,
+    /// Snapshotter the images are unpacked into.
+    #[arg(long, default_value = "overlayfs")]
+    snapshotter: String,
+    /// Put every host path under DIR (staging an SD-card image, tests).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// Init system; detected when not given.
+    #[arg(long, value_enum)]
+    init: Option<InitArg>,
+    /// Skip a preflight check (repeatable; `all` skips every one).
+    #[arg(long, value_name = "CHECK")]
+    skip_preflight: Vec<String>,
+    /// Lay everything down but enable and start nothing.
+    #[arg(long)]
+    no_start: bool,
+    /// Print the plan (files, images, units, commands) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds to wait for k3s to become ready.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    wait: u64,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Extra k3s flags, after `--`.
+    #[arg(last = true, value_name = "K3S_FLAGS")]
+    k3s_args: Vec<String>,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum RoleArg {
+    Server,
+    Agent,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum RuntimeArg {
+    /// A containerd the host already runs.
+    External,
+    /// k3s's own containerd (images as an archive it imports at start).
+    Embedded,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum InitArg {
+    Systemd,
+    Openrc,
+    None,
+}
+
 #[derive(Copy, Clone, Debug, ValueEnum)]
 enum CompressArg {
     Zstd,
@@ -183,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen(args) => keygen(args),
         Command::Bundle(BundleCommand::Build(args)) => bundle_build(*args),
+        Command::Install(args) => install(*args),
         Command::Bundle(BundleCommand::Verify(args)) => {
             let key = airgap_bundle::sign::load_public_key(&args.key)?;
             let verified = airgap_bundle::inspect::verify_file(&args.file, key)?;
@@ -363,6 +471,91 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         if summary.lock_updated {
             eprintln!("pinned new digests in {}", opts.lock_path.display());
         }
+    }
+    Ok(())
+}
+
+fn install(args: InstallArgs) -> anyhow::Result<()> {
+    use airgap_installer::install::{InstallOptions, Runtime};
+    use airgap_installer::layout::Role;
+    use airgap_installer::service::Init;
+    if !args.offline {
+        bail!("airgap installs only offline: pass --offline (nothing is ever downloaded)");
+    }
+    let opts = InstallOptions {
+        bundle: args.bundle,
+        key: args.key,
+        insecure_skip_signature: args.insecure_skip_signature,
+        role: match args.role {
+            RoleArg::Server => Role::Server,
+            RoleArg::Agent => Role::Agent,
+        },
+        server: args.server,
+        token: args.token,
+        token_file: args.token_file,
+        cluster_init: args.cluster_init,
+        node_name: args.node_name,
+        runtime: match args.runtime {
+            RuntimeArg::External => Runtime::External,
+            RuntimeArg::Embedded => Runtime::Embedded,
+        },
+        containerd_socket: args.containerd_socket,
+        snapshotter: args.snapshotter,
+        root: args.root,
+        init: args.init.map(|i| match i {
+            InitArg::Systemd => Init::Systemd,
+            InitArg::Openrc => Init::Openrc,
+            InitArg::None => Init::None,
+        }),
+        skip_preflight: args.skip_preflight,
+        no_start: args.no_start,
+        dry_run: args.dry_run,
+        wait: std::time::Duration::from_secs(args.wait),
+        extra_args: args.k3s_args,
+    };
+    let report = airgap_installer::install::install(&opts, &airgap_installer::run::HostRunner)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if !report.plan.is_empty() {
+        println!("dry run: nothing was changed. The plan:");
+        for step in &report.plan {
+            println!("  {step}");
+        }
+        println!("\npreflight:\n{}", report.preflight);
+        return Ok(());
+    }
+    eprintln!("{}", report.preflight);
+    if let Some(images) = &report.images {
+        eprintln!(
+            "images: {} in containerd ({} blobs written, {} already present)",
+            images.images.len(),
+            images.blobs_written,
+            images.blobs_present
+        );
+    }
+    for f in &report.files_written {
+        eprintln!("wrote {f}");
+    }
+    if report.changed {
+        eprintln!(
+            "installed k3s {} as {}: {}",
+            report.k3s_version,
+            report.role.as_str(),
+            report.service
+        );
+    } else {
+        eprintln!(
+            "nothing to do: k3s {} from this bundle is already installed as {} ({} files unchanged); {}",
+            report.k3s_version,
+            report.role.as_str(),
+            report.files_unchanged.len(),
+            report.service
+        );
+    }
+    if let Some(cmd) = &report.join_command {
+        eprintln!("\nto join agents, carry the token file and run on each:\n  {cmd}");
     }
     Ok(())
 }

@@ -9,3 +9,7 @@ pub mod run;
 pub mod service;
 
 pub mod import;
+pub mod install;
+pub mod lock;
+pub mod stage;
+pub mod wait;
