@@ -19,3 +19,4 @@ pub use push::RegistryClient;
 pub use registry::{Registry, RegistryOptions};
 pub use release::ReleaseServer;
 pub use seed::{seed_bench, seed_demo, Seeded, SeededImage};
+pub mod containerd;
