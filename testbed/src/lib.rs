@@ -20,3 +20,4 @@ pub use registry::{Registry, RegistryOptions};
 pub use release::ReleaseServer;
 pub use seed::{seed_bench, seed_demo, Seeded, SeededImage};
 pub mod containerd;
+pub mod standin;
