@@ -72,9 +72,15 @@ pub fn load_secret_key(path: &Path, password: Option<String>) -> anyhow::Result<
             )
         }),
         None => {
-            let sk = sk_box.into_unencrypted_secret_key().map_err(|e| {
-                anyhow::anyhow!("{}: cannot read the secret key: {e}", path.display())
-            })?;
+            // minisign cannot tell "encrypted" from "damaged" without the
+            // password; an encrypted key is by far the likelier.
+            let encrypted = || {
+                anyhow::anyhow!(
+                    "{} is encrypted: give its password with --password-file or AIRGAP_KEY_PASSWORD",
+                    path.display()
+                )
+            };
+            let sk = sk_box.into_unencrypted_secret_key().map_err(|_| encrypted())?;
             if sk.is_encrypted() {
                 anyhow::bail!(
                     "{} is encrypted: give its password with --password-file or AIRGAP_KEY_PASSWORD",

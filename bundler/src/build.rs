@@ -170,10 +170,7 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
     let pulled: Vec<PulledImage> = stream::iter(requests.into_iter().map(|(name, fetch)| {
         let (puller, store, platforms) = (&puller, &store, &platforms);
         async move {
-            let mut image = puller
-                .pull(&fetch, platforms, store, progress)
-                .await
-                .with_context(|| format!("pulling {name}"))?;
+            let mut image = puller.pull(&fetch, platforms, store, progress).await?;
             image.reference = name;
             anyhow::Ok(image)
         }

@@ -276,7 +276,8 @@ pub async fn fetch_release(
         Some(expected),
         None,
     )
-    .await?;
+    .await
+    .with_context(|| format!("{binary_name} does not match its line in {sums_name}"))?;
 
     Ok(ReleaseAssets {
         version,
