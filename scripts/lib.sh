@@ -1,6 +1,7 @@
 # Shared by scripts/demo and the benchmarks: build the binaries and run the
 # test rig (`airgap-testbed serve`: a real docker-registry and a k3s release
-# server on loopback, seeded with generated images) until the script exits.
+# server on loopback, seeded with generated images, and with --containerd a
+# private containerd) until the script exits.
 
 repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
 
@@ -11,6 +12,7 @@ build_binaries() {
   cargo build --quiet --profile "$profile" -p airgap -p airgap-testbed
   AIRGAP="$ROOT/target/$dir/airgap"
   TESTBED="$ROOT/target/$dir/airgap-testbed"
+  K3S_STANDIN="$ROOT/target/$dir/k3s-standin"
 }
 
 # start_testbed DIR [serve args...]: starts the rig in the background, waits

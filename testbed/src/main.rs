@@ -35,6 +35,9 @@ struct ServeArgs {
     /// File to serve as the amd64 k3s asset (default: a stand-in script).
     #[arg(long)]
     k3s: Option<PathBuf>,
+    /// Also run a private containerd (CONTAINERD_SOCKET in testbed.env).
+    #[arg(long)]
+    containerd: bool,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -48,6 +51,7 @@ fn main() {
             dir: args.dir,
             bench_bytes: args.bench_bytes,
             k3s: args.k3s,
+            containerd: args.containerd,
         }),
     };
     if let Err(e) = result {

@@ -4,6 +4,7 @@
 //!
 //! Everything it creates lives under DIR and is removed when it stops.
 
+use crate::containerd::Containerd;
 use crate::registry::{Registry, RegistryOptions};
 use crate::release::ReleaseServer;
 use crate::seed::{self, Seeded, DEMO_VERSION, K3S_STAND_IN};
@@ -24,11 +25,14 @@ pub struct TestbedOptions {
     pub bench_bytes: Option<u64>,
     /// The amd64 k3s asset (default: [`K3S_STAND_IN`]).
     pub k3s: Option<PathBuf>,
+    /// Also run a private containerd (for installing into).
+    pub containerd: bool,
 }
 
 /// A running registry and release server with the demo content.
 pub struct Testbed {
     // Field order is drop order: servers stop before their files go.
+    pub containerd: Option<Containerd>,
     pub release: ReleaseServer,
     pub registry: Registry,
     pub seeded: Seeded,
@@ -62,7 +66,13 @@ impl Testbed {
         if let Some(bytes) = options.bench_bytes {
             seeded.extend(seed::seed_bench_in(&registry, bytes, &dir)?);
         }
+        let containerd = if options.containerd {
+            Some(Containerd::start_in(&dir)?)
+        } else {
+            None
+        };
         Ok(Testbed {
+            containerd,
             release,
             registry,
             seeded,
@@ -71,13 +81,18 @@ impl Testbed {
         })
     }
 
-    /// `REGISTRY`, `RELEASE_URL`, `K3S_VERSION`.
+    /// `REGISTRY`, `RELEASE_URL`, `K3S_VERSION`, and `CONTAINERD_SOCKET`
+    /// when a containerd runs.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("REGISTRY", self.registry.addr().to_string()),
             ("RELEASE_URL", self.release.url()),
             ("K3S_VERSION", DEMO_VERSION.to_string()),
-        ]
+        ];
+        if let Some(c) = &self.containerd {
+            env.push(("CONTAINERD_SOCKET", c.socket().display().to_string()));
+        }
+        env
     }
 
     /// `KEY=value` lines (the values need no shell quoting).
