@@ -36,6 +36,25 @@ enum Command {
     Bundle(BundleCommand),
     /// Install k3s from a bundle on this (disconnected) node.
     Install(Box<InstallArgs>),
+    /// Print a server's join token, or write it to a file for the stick.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The root the server was installed under.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// Write the token to FILE (mode 0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// The server's address agents reach it by, for the printed command.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://<this server's address>:6443"
+    )]
+    server: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -291,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(args) => keygen(args),
         Command::Bundle(BundleCommand::Build(args)) => bundle_build(*args),
         Command::Install(args) => install(*args),
+        Command::Token(args) => token(args),
         Command::Bundle(BundleCommand::Verify(args)) => {
             let key = airgap_bundle::sign::load_public_key(&args.key)?;
             let verified = airgap_bundle::inspect::verify_file(&args.file, key)?;
@@ -472,6 +492,30 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
             eprintln!("pinned new digests in {}", opts.lock_path.display());
         }
     }
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let root = airgap_installer::root::HostRoot::new(&args.root)?;
+    let token = airgap_installer::join::server_token(&root)?;
+    let token_arg = match &args.out {
+        Some(out) => {
+            write_private(out, format!("{token}\n").as_bytes())?;
+            eprintln!(
+                "wrote the join token to {} (mode 0600); carry it to the agents",
+                out.display()
+            );
+            format!("--token-file {}", out.display())
+        }
+        None => {
+            println!("{token}");
+            "--token-file <file holding the token above>".to_string()
+        }
+    };
+    eprintln!(
+        "on each agent:\n  airgap install --offline <bundle> --key <site.pub> --role agent --server {} {token_arg}",
+        args.server
+    );
     Ok(())
 }
 

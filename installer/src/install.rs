@@ -232,6 +232,9 @@ fn bytes_needed(meta: &BundleMeta, runtime: Runtime, arch: &str) -> u64 {
 pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<InstallReport> {
     let token = read_token(opts)?;
     check_options(opts, token.as_deref())?;
+    if let Some(t) = &token {
+        crate::join::parse_token(t)?;
+    }
     let root = HostRoot::new(&opts.root)?;
     let init = opts.init.unwrap_or_else(Init::detect);
     let arch = host_arch();
@@ -301,6 +304,13 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
                 .map(|f| format!(": {f}"))
                 .unwrap_or_default()
         );
+    }
+
+    // A join checks the server before anything is written: reachable, and
+    // holding the CA the token was issued by.
+    if let (Some(url), Some(t)) = (&opts.server, &token) {
+        let parsed = crate::join::parse_token(t)?;
+        crate::join::check_server(url, &parsed, Duration::from_secs(15))?;
     }
 
     let _lock = crate::lock::InstallLock::acquire(&root)?;

@@ -1,0 +1,180 @@
+//! Joining a cluster safely: the token format k3s uses
+//! (`K10<sha256 of the cluster CA>::<user>:<password>`, or a bare password),
+//! and the check an agent or joining server makes before it writes anything:
+//! fetch `https://<server>/cacerts` and compare its sha256 with the token's,
+//! as k3s itself does. A bare password cannot pin the CA: that is allowed,
+//! with a warning.
+
+use crate::layout::NODE_TOKEN;
+use crate::root::HostRoot;
+use airgap_bundle::digest::Digest;
+use anyhow::{anyhow, bail, Context as _};
+use std::fmt;
+use std::time::Duration;
+
+/// A parsed join token. `Display` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    /// Hex sha256 of the cluster CA bundle, when the token pins it.
+    pub ca_hash: Option<String>,
+    pub user: Option<String>,
+    pub password: String,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Token {{ ca_hash: {:?}, user: {:?}, password: <redacted> }}",
+            self.ca_hash, self.user
+        )
+    }
+}
+
+/// Parses a token as k3s accepts it.
+pub fn parse_token(text: &str) -> anyhow::Result<Token> {
+    let t = text.trim();
+    if t.is_empty() {
+        bail!("the join token is empty");
+    }
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!(
+            "the join token contains spaces or control characters; copy it whole from {NODE_TOKEN}"
+        );
+    }
+    let Some(rest) = t.strip_prefix("K10") else {
+        return Ok(Token {
+            ca_hash: None,
+            user: None,
+            password: t.to_string(),
+        });
+    };
+    let (hash, creds) = rest.split_once("::").ok_or_else(|| {
+        anyhow!("malformed join token: a K10 token reads K10<CA hash>::<user>:<password>")
+    })?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("malformed join token: the CA hash after K10 must be 64 hex digits (found {} characters)", hash.len());
+    }
+    let (user, password) = creds.split_once(':').ok_or_else(|| {
+        anyhow!("malformed join token: expected <user>:<password> after the CA hash")
+    })?;
+    if user.is_empty() || password.is_empty() {
+        bail!("malformed join token: empty user or password");
+    }
+    Ok(Token {
+        ca_hash: Some(hash.to_ascii_lowercase()),
+        user: Some(user.to_string()),
+        password: password.to_string(),
+    })
+}
+
+/// What checking the server found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerCheck {
+    pub url: String,
+    pub ca_sha256: String,
+    /// False for a bare password token: the CA was not pinned.
+    pub ca_pinned: bool,
+}
+
+/// Fetches the server's CA and checks it against the token; the fetch
+/// trusts no certificate yet (the token's hash is what makes the CA trusted).
+pub fn check_server(url: &str, token: &Token, timeout: Duration) -> anyhow::Result<ServerCheck> {
+    let base = url.trim_end_matches('/');
+    if !base.starts_with("https://") {
+        bail!("--server {url}: expected https://<server>:6443");
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cacerts_url = format!("{base}/cacerts");
+    let body = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .timeout(timeout)
+            .no_proxy()
+            .build()?;
+        let resp = client.get(&cacerts_url).send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the server at {cacerts_url}: {}",
+                root_cause(&e)
+            )
+        })?;
+        if !resp.status().is_success() {
+            bail!(
+                "{cacerts_url} answered {}: is this a k3s server?",
+                resp.status()
+            );
+        }
+        Ok::<_, anyhow::Error>(
+            resp.bytes()
+                .await
+                .with_context(|| format!("reading {cacerts_url}"))?,
+        )
+    })?;
+    let found = Digest::of(&body).hex();
+    match &token.ca_hash {
+        Some(expected) if *expected != found => bail!(
+            "the server at {base} is not the one the token belongs to: its CA ({cacerts_url}) hashes to {found}, the token expects {expected}"
+        ),
+        Some(_) => {}
+        None => tracing::warn!(
+            "the join token is a bare password: the server's CA at {cacerts_url} cannot be checked (use the K10 token from the server's {NODE_TOKEN})"
+        ),
+    }
+    Ok(ServerCheck {
+        url: base.to_string(),
+        ca_sha256: found,
+        ca_pinned: token.ca_hash.is_some(),
+    })
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The server's join token from its token file.
+pub fn server_token(root: &HostRoot) -> anyhow::Result<String> {
+    let path = root.path(NODE_TOKEN);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (is this a server, and has k3s started once?)",
+            path.display()
+        )
+    })?;
+    let token = text.trim().to_string();
+    parse_token(&token).with_context(|| format!("in {}", path.display()))?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_k3s_tokens() {
+        let h = "a".repeat(64);
+        let t = parse_token(&format!("K10{h}::server:secret\n")).unwrap();
+        assert_eq!(t.ca_hash.as_deref(), Some(h.as_str()));
+        assert_eq!(t.user.as_deref(), Some("server"));
+        assert_eq!(t.password, "secret");
+        assert!(!format!("{t:?}").contains("secret"));
+        let bare = parse_token("just-a-password").unwrap();
+        assert_eq!(bare.ca_hash, None);
+        for bad in [
+            "",
+            "K10abc::server:pw",
+            &format!("K10{h}:server:pw"),
+            &format!("K10{h}::server"),
+            &format!("K10{h}::server:"),
+            "two words",
+        ] {
+            assert!(parse_token(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
