@@ -10,6 +10,7 @@ pub mod service;
 
 pub mod import;
 pub mod install;
+pub mod join;
 pub mod lock;
 pub mod stage;
 pub mod wait;
