@@ -38,6 +38,18 @@ enum Command {
     Install(Box<InstallArgs>),
     /// Print a server's join token, or write it to a file for the stick.
     Token(TokenArgs),
+    /// Show this node's install: role, version, bundle, service, images.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The root k3s was installed under.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// Print as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -311,6 +323,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Build(args)) => bundle_build(*args),
         Command::Install(args) => install(*args),
         Command::Token(args) => token(args),
+        Command::Status(args) => {
+            let status = airgap_installer::status::status(&args.root)?;
+            print_result(&status, args.json)
+        }
         Command::Bundle(BundleCommand::Verify(args)) => {
             let key = airgap_bundle::sign::load_public_key(&args.key)?;
             let verified = airgap_bundle::inspect::verify_file(&args.file, key)?;

@@ -528,6 +528,7 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
                     .collect()
             })
             .unwrap_or_default(),
+        https_port: https_port(&opts.extra_args),
         pid_file: pid_file.clone(),
     };
     let mut changes2 = Changes::new();

@@ -14,3 +14,4 @@ pub mod join;
 pub mod lock;
 pub mod stage;
 pub mod wait;
+pub mod status;

@@ -29,6 +29,9 @@ pub struct InstallRecord {
     /// Directories this install created, parents first.
     pub dirs: Vec<String>,
     pub images: Vec<RecordedImage>,
+    /// The port k3s serves its API on (`--https-listen-port`, 6443).
+    #[serde(default = "default_port")]
+    pub https_port: u16,
     /// The detached k3s's pid file, for `--init none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<String>,
@@ -54,6 +57,10 @@ pub struct RecordedImage {
 }
 
 pub const RECORD_SCHEMA: u32 = 1;
+
+fn default_port() -> u16 {
+    6443
+}
 
 impl InstallRecord {
     pub fn load(root: &HostRoot) -> anyhow::Result<Option<Self>> {
