@@ -13,9 +13,9 @@
 //! Stages, one file each: [`content`] (blobs in and out of the content store),
 //! [`unpack`] (layers into snapshots), [`sink`] (the bundle reader's side).
 
-mod content;
-mod sink;
-mod unpack;
+pub mod content;
+pub mod sink;
+pub mod unpack;
 
 pub use content::{gc_labels, BlobWriter, Committed};
 pub use sink::{import_bundle, ImageReport, ImportReport, ImportSink, SkippedImage};
@@ -167,9 +167,9 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 fn check_identifier(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 76
-        && name.split(['.', '_', '-']).all(|part| {
-            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric())
-        });
+        && name
+            .split(['.', '_', '-'])
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
     if !ok {
         bail!("{what} {name:?} is not a valid containerd identifier (letters and digits, single . _ - between them)");
     }
@@ -200,32 +200,36 @@ impl Importer {
                 }
             }
         }
-        let channel =
-            match tokio::time::timeout(opts.timeout, containerd_client::connect(&opts.socket))
-                .await
-            {
-                Err(_) => {
-                    return Err(not_running(format!(
-                        "no connection within {:?}",
-                        opts.timeout
-                    )))
-                }
-                Ok(Err(e)) => return Err(not_running(error_chain(&e))),
-                Ok(Ok(channel)) => channel,
-            };
-        let version =
-            match tokio::time::timeout(opts.timeout, VersionClient::new(channel.clone()).version(()))
-                .await
-            {
-                Err(_) => {
-                    return Err(not_running(format!(
-                        "it did not answer within {:?}",
-                        opts.timeout
-                    )))
-                }
-                Ok(Err(status)) => return Err(not_running(grpc(status).to_string())),
-                Ok(Ok(v)) => v.into_inner(),
-            };
+        let channel = match tokio::time::timeout(
+            opts.timeout,
+            containerd_client::connect(&opts.socket),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(not_running(format!(
+                    "no connection within {:?}",
+                    opts.timeout
+                )))
+            }
+            Ok(Err(e)) => return Err(not_running(error_chain(&e))),
+            Ok(Ok(channel)) => channel,
+        };
+        let version = match tokio::time::timeout(
+            opts.timeout,
+            VersionClient::new(channel.clone()).version(()),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(not_running(format!(
+                    "it did not answer within {:?}",
+                    opts.timeout
+                )))
+            }
+            Ok(Err(status)) => return Err(not_running(grpc(status).to_string())),
+            Ok(Ok(v)) => v.into_inner(),
+        };
         tracing::debug!(
             socket = %opts.socket.display(),
             version = %version.version,
@@ -270,7 +274,11 @@ impl Importer {
             .filter(|p| p.r#type == SNAPSHOTTER_PLUGIN)
             .collect();
         let Some(found) = snapshotters.iter().find(|p| p.id == self.opts.snapshotter) else {
-            let names: Vec<&str> = snapshotters.iter().map(|p| p.id.as_str()).collect();
+            let names: Vec<&str> = snapshotters
+                .iter()
+                .filter(|p| p.init_err.is_none())
+                .map(|p| p.id.as_str())
+                .collect();
             bail!(
                 "containerd at {} has no snapshotter {:?} (it has: {})",
                 self.opts.socket.display(),
@@ -306,8 +314,9 @@ impl Importer {
     }
 
     pub(crate) fn require_lease(&self) -> Result<&str> {
-        self.lease_id()
-            .ok_or_else(|| anyhow!("internal error: containerd writes need a lease (call begin first)"))
+        self.lease_id().ok_or_else(|| {
+            anyhow!("internal error: containerd writes need a lease (call begin first)")
+        })
     }
 
     /// Creates the lease every later write happens under. It expires after
