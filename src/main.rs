@@ -40,6 +40,21 @@ enum Command {
     Token(TokenArgs),
     /// Show this node's install: role, version, bundle, service, images.
     Status(StatusArgs),
+    /// Stop k3s and remove exactly what `airgap install` wrote.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Args, Debug)]
+struct UninstallArgs {
+    /// The root k3s was installed under.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// Also remove the images the install put into containerd.
+    #[arg(long)]
+    purge_images: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -323,6 +338,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Build(args)) => bundle_build(*args),
         Command::Install(args) => install(*args),
         Command::Token(args) => token(args),
+        Command::Uninstall(args) => {
+            let opts = airgap_installer::uninstall::UninstallOptions {
+                root: args.root,
+                purge_images: args.purge_images,
+            };
+            let report =
+                airgap_installer::uninstall::uninstall(&opts, &airgap_installer::run::HostRunner)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for r in &report.removed {
+                    eprintln!("removed {r}");
+                }
+                for k in &report.kept_modified {
+                    eprintln!("kept {k} (changed since it was installed)");
+                }
+                for i in &report.images_removed {
+                    eprintln!("removed image {i}");
+                }
+                eprintln!("k3s: {}", report.service);
+            }
+            Ok(())
+        }
         Command::Status(args) => {
             let status = airgap_installer::status::status(&args.root)?;
             print_result(&status, args.json)

@@ -80,7 +80,9 @@ pub fn load_secret_key(path: &Path, password: Option<String>) -> anyhow::Result<
                     path.display()
                 )
             };
-            let sk = sk_box.into_unencrypted_secret_key().map_err(|_| encrypted())?;
+            let sk = sk_box
+                .into_unencrypted_secret_key()
+                .map_err(|_| encrypted())?;
             if sk.is_encrypted() {
                 anyhow::bail!(
                     "{} is encrypted: give its password with --password-file or AIRGAP_KEY_PASSWORD",

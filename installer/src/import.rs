@@ -27,7 +27,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use containerd_client::services::v1::{
     images_client::ImagesClient, introspection_client::IntrospectionClient,
     leases_client::LeasesClient, version_client::VersionClient, CreateImageRequest, CreateRequest,
-    DeleteRequest, GetImageRequest, Image, ListImagesRequest, PluginsRequest, UpdateImageRequest,
+    DeleteImageRequest, DeleteRequest, GetImageRequest, Image, ListImagesRequest, PluginsRequest,
+    UpdateImageRequest,
 };
 use containerd_client::tonic::metadata::AsciiMetadataValue;
 use containerd_client::tonic::transport::Channel;
@@ -465,6 +466,24 @@ impl Importer {
                 })
             })
             .collect()
+    }
+
+    /// Removes an image record (uninstall `--purge-images`); containerd
+    /// collects its content and snapshots once nothing else holds them. A
+    /// record already gone is not an error.
+    pub async fn delete_image(&self, name: &str) -> Result<()> {
+        let result = ImagesClient::new(self.channel())
+            .delete(self.request(DeleteImageRequest {
+                name: name.to_string(),
+                sync: true,
+                target: None,
+            }))
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) => Err(grpc(status)).with_context(|| format!("deleting image {name}")),
+        }
     }
 
     /// Deletes the lease: the image records now hold what they need.

@@ -107,11 +107,9 @@ pub fn check_server(url: &str, token: &Token, timeout: Duration) -> anyhow::Resu
                 resp.status()
             );
         }
-        Ok::<_, anyhow::Error>(
-            resp.bytes()
-                .await
-                .with_context(|| format!("reading {cacerts_url}"))?,
-        )
+        resp.bytes()
+            .await
+            .with_context(|| format!("reading {cacerts_url}"))
     })?;
     let found = Digest::of(&body).hex();
     match &token.ca_hash {

@@ -13,5 +13,6 @@ pub mod install;
 pub mod join;
 pub mod lock;
 pub mod stage;
-pub mod wait;
 pub mod status;
+pub mod uninstall;
+pub mod wait;

@@ -1,0 +1,110 @@
+//! `airgap uninstall`: stop the service and remove exactly what the install
+//! record says this installer wrote: files still holding the bytes it wrote,
+//! its links, the directories it created once they are empty, and, with
+//! `--purge-images`, its image records. Anything else is left alone.
+
+use crate::import::{ImportOptions, Importer};
+use crate::layout;
+use crate::record::{link_is, unchanged, InstallRecord};
+use crate::root::HostRoot;
+use crate::run::Runner;
+use crate::service::{self, Init};
+use anyhow::Context as _;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct UninstallOptions {
+    pub root: PathBuf,
+    pub purge_images: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UninstallReport {
+    pub removed: Vec<String>,
+    /// Files the install wrote that were changed since: kept.
+    pub kept_modified: Vec<String>,
+    pub images_removed: Vec<String>,
+    pub service: String,
+}
+
+pub fn uninstall(opts: &UninstallOptions, runner: &dyn Runner) -> anyhow::Result<UninstallReport> {
+    let root = HostRoot::new(&opts.root)?;
+    let _lock = crate::lock::InstallLock::acquire(&root)?;
+    let Some(record) = InstallRecord::load(&root)? else {
+        anyhow::bail!(
+            "no airgap install on {} ({} is missing): nothing to remove",
+            root.root().display(),
+            root.path(layout::INSTALL_RECORD).display()
+        );
+    };
+    let mut report = UninstallReport::default();
+
+    // Stop k3s first, so nothing it runs holds the files.
+    match record.init {
+        Init::None => {
+            if let Some(pid_file) = &record.pid_file {
+                service::stop_detached(runner, &root.path(pid_file))?;
+            }
+            report.service = "stopped".into();
+        }
+        init if root.is_host() => {
+            service::stop_and_disable(runner, record.role, init)?;
+            report.service = format!("{} stopped and disabled", record.role.service_name());
+        }
+        _ => report.service = "not stopped (--root: the service is not this host's)".into(),
+    }
+
+    if opts.purge_images && !record.images.is_empty() {
+        if let Some(socket) = &record.containerd_socket {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let importer = rt.block_on(Importer::connect(ImportOptions::new(socket)))?;
+            for image in &record.images {
+                rt.block_on(importer.delete_image(&image.name))
+                    .with_context(|| format!("removing image {}", image.name))?;
+                report.images_removed.push(image.name.clone());
+            }
+        }
+    }
+
+    for link in &record.links {
+        let path = root.path(&link.path);
+        if link_is(&path, &link.target) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", link.path))?;
+            report.removed.push(link.path.clone());
+        }
+    }
+    for file in &record.files {
+        let path = root.path(&file.path);
+        if !path.exists() {
+            continue;
+        }
+        if unchanged(&root, file) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", file.path))?;
+            report.removed.push(file.path.clone());
+        } else {
+            report.kept_modified.push(file.path.clone());
+        }
+    }
+    let record_path = root.path(layout::INSTALL_RECORD);
+    std::fs::remove_file(&record_path)
+        .with_context(|| format!("removing {}", record_path.display()))?;
+    report.removed.push(layout::INSTALL_RECORD.to_string());
+    // k3s's own runtime files under the pid file's directory.
+    if let Some(pid_file) = &record.pid_file {
+        if let Some(dir) = root.path(pid_file).parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    // Directories the install created, deepest first, when empty.
+    let mut dirs = record.dirs.clone();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    for d in dirs {
+        if std::fs::remove_dir(root.path(&d)).is_ok() {
+            report.removed.push(d);
+        }
+    }
+    Ok(report)
+}
