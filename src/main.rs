@@ -559,6 +559,16 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
                 "wrote the join token to {} (mode 0600); carry it to the agents",
                 out.display()
             );
+            let record = airgap_installer::record::InstallRecord::load(&root)?;
+            if let Some(cluster) = record.and_then(|r| r.cluster) {
+                let path = airgap_installer::cluster::cluster_file_for(out);
+                std::fs::write(&path, serde_json::to_string_pretty(&cluster)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!(
+                    "wrote the cluster's critical flags to {} (joining servers check theirs against it)",
+                    path.display()
+                );
+            }
             format!("--token-file {}", out.display())
         }
         None => {

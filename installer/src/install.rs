@@ -8,6 +8,7 @@
 //! record (install.json) -> start (init system, or detached) and wait.
 //! Any failure before publish leaves the host as it was.
 
+use crate::cluster::CriticalConfig;
 use crate::import::sink::{ImportReport, ImportSink};
 use crate::import::{ImportOptions, Importer};
 use crate::layout::{self, Role};
@@ -151,6 +152,31 @@ fn check_options(opts: &InstallOptions, token: Option<&str>) -> anyhow::Result<(
         if !url.starts_with("https://") {
             bail!("--server {url}: expected https://<server>:6443");
         }
+    }
+    Ok(())
+}
+
+/// A joining server must agree with the cluster on the critical flags; the
+/// first server's values come in the cluster file beside the token file.
+fn check_cluster_flags(opts: &InstallOptions) -> anyhow::Result<()> {
+    let cluster = match &opts.token_file {
+        Some(f) => crate::cluster::load_cluster_file(f)?,
+        None => None,
+    };
+    let Some(cluster) = cluster else {
+        tracing::warn!(
+            "no cluster file beside the token (`airgap token --out FILE` on the first server writes one): \
+             this server's cluster-cidr, service-cidr, cluster-dns, cluster-domain and disable flags \
+             are not checked before install; k3s refuses a mismatch when it starts"
+        );
+        return Ok(());
+    };
+    let diff = CriticalConfig::from_args(&opts.extra_args).differences(&cluster);
+    if !diff.is_empty() {
+        bail!(
+            "this server's flags differ from the cluster's, and k3s would refuse to join it; nothing was installed:\n  {}",
+            diff.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -311,6 +337,9 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
     if let (Some(url), Some(t)) = (&opts.server, &token) {
         let parsed = crate::join::parse_token(t)?;
         crate::join::check_server(url, &parsed, Duration::from_secs(15))?;
+        if opts.role == Role::Server {
+            check_cluster_flags(opts)?;
+        }
     }
 
     let _lock = crate::lock::InstallLock::acquire(&root)?;
@@ -528,6 +557,7 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
                     .collect()
             })
             .unwrap_or_default(),
+        cluster: (opts.role == Role::Server).then(|| CriticalConfig::from_args(&opts.extra_args)),
         https_port: https_port(&opts.extra_args),
         pid_file: pid_file.clone(),
     };

@@ -8,6 +8,7 @@ pub mod root;
 pub mod run;
 pub mod service;
 
+pub mod cluster;
 pub mod import;
 pub mod install;
 pub mod join;

@@ -29,6 +29,9 @@ pub struct InstallRecord {
     /// Directories this install created, parents first.
     pub dirs: Vec<String>,
     pub images: Vec<RecordedImage>,
+    /// A server's cluster-critical flags, which joining servers must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::CriticalConfig>,
     /// The port k3s serves its API on (`--https-listen-port`, 6443).
     #[serde(default = "default_port")]
     pub https_port: u16,
