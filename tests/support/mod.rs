@@ -6,6 +6,7 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod install;
 pub mod tarball;
 
 use airgap_testbed::containerd::output_with_timeout;
