@@ -52,6 +52,10 @@ struct UninstallArgs {
     /// Also remove the images the install put into containerd.
     #[arg(long)]
     purge_images: bool,
+    /// Also delete k3s's own state in /var/lib/rancher/k3s (CA, token,
+    /// datastore), as k3s-uninstall.sh does.
+    #[arg(long)]
+    purge_data: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -342,6 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = airgap_installer::uninstall::UninstallOptions {
                 root: args.root,
                 purge_images: args.purge_images,
+                purge_data: args.purge_data,
             };
             let report =
                 airgap_installer::uninstall::uninstall(&opts, &airgap_installer::run::HostRunner)?;

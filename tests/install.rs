@@ -718,8 +718,10 @@ fn uninstall_restores_the_root_but_keeps_what_the_user_made() {
     // The user's own file inside a directory the install created.
     std::fs::write(bed.path("etc/rancher/k3s/site-notes.txt"), "ours\n").unwrap();
 
-    let out = bed.uninstall(&["--purge-images"]);
-    assert_ok(&out, "airgap uninstall --purge-images");
+    // --purge-data: k3s's own state (its CA, token) goes too, as with
+    // k3s-uninstall.sh; without it, only what airgap wrote is removed.
+    let out = bed.uninstall(&["--purge-images", "--purge-data"]);
+    assert_ok(&out, "airgap uninstall --purge-images --purge-data");
     assert!(
         !process_alive(pid),
         "uninstall left k3s (pid {pid}) running"

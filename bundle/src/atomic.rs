@@ -40,6 +40,27 @@ impl AtomicFile {
         Ok(file)
     }
 
+    /// Removes temporary files a killed writer of `target` left beside it.
+    /// Only for callers that hold a lock making them the one writer.
+    pub fn remove_stale(target: &Path) -> anyhow::Result<()> {
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return Ok(());
+        };
+        let prefix = format!(".{}.", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let n = entry.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(&prefix) && n.ends_with(".partial") {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("removing stale {}", entry.path().display()))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn target(&self) -> &Path {
         &self.target
     }
@@ -112,6 +133,12 @@ mod tests {
             f.write_all(b"half").unwrap();
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let stale = AtomicFile::create(&target).unwrap();
+        let stale_path = stale.temp_path().to_path_buf();
+        std::mem::forget(stale); // as a killed writer leaves it
+        assert!(stale_path.exists());
+        AtomicFile::remove_stale(&target).unwrap();
+        assert!(!stale_path.exists());
         let mut f = AtomicFile::create(&target).unwrap();
         f.write_all(b"whole").unwrap();
         f.commit().unwrap();

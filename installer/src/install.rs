@@ -347,7 +347,7 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut changes = Changes::new();
+    let mut changes = Changes::with_journal(&root.path(layout::INSTALL_JOURNAL))?;
 
     // Connect before writing anything: a missing containerd must leave the
     // host untouched.
@@ -512,14 +512,24 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
     };
     let record_path = root.path(layout::INSTALL_RECORD);
     changes.create_dir_all(record_path.parent().expect("record has a parent"))?;
+    let pid_file =
+        (init == Init::None).then(|| format!("/run/k3s-airgap/{}.pid", opts.role.service_name()));
+    let log_file =
+        (init == Init::None).then(|| format!("/var/log/{}.log", opts.role.service_name()));
+    // The detached k3s's pid and log directories are this install's too.
+    if !opts.no_start {
+        for f in pid_file.iter().chain(log_file.iter()) {
+            if let Some(dir) = root.path(f).parent() {
+                changes.create_dir_all(dir)?;
+            }
+        }
+    }
     for d in changes.keep() {
         let h = host(&d);
         if !dirs.contains(&h) {
             dirs.push(h);
         }
     }
-    let pid_file =
-        (init == Init::None).then(|| format!("/run/k3s-airgap/{}.pid", opts.role.service_name()));
     let record = InstallRecord {
         schema: RECORD_SCHEMA,
         role: opts.role,
@@ -560,6 +570,7 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         cluster: (opts.role == Role::Server).then(|| CriticalConfig::from_args(&opts.extra_args)),
         https_port: https_port(&opts.extra_args),
         pid_file: pid_file.clone(),
+        log_file: log_file.clone(),
     };
     let mut changes2 = Changes::new();
     let record_written = write_file(
@@ -569,6 +580,8 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         0o600,
     )?;
     changes2.keep();
+    // The record now holds every directory the journal listed.
+    let _ = std::fs::remove_file(root.path(layout::INSTALL_JOURNAL));
 
     let files_written: Vec<String> = files.iter().filter(|f| f.3).map(|f| f.0.clone()).collect();
     let files_unchanged: Vec<String> = files.iter().filter(|f| !f.3).map(|f| f.0.clone()).collect();
@@ -616,7 +629,7 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
                     }
                     let detached = Detached {
                         pid_file: pid_file.clone(),
-                        log_file: root.path(&format!("/var/log/{}.log", opts.role.service_name())),
+                        log_file: root.path(log_file.as_deref().expect("none has a log file")),
                     };
                     let pid = service::start_detached(
                         &root.path(layout::K3S_BIN),

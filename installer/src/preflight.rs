@@ -304,8 +304,18 @@ fn selinux() -> Check {
     check("selinux", found, "k3s-selinux if enforcing", verdict, Some("install the k3s-selinux and container-selinux packages (carry their RPMs on the stick) or set SELinux to permissive"))
 }
 
-fn port(port: u16) -> Check {
+fn port(port: u16, reinstall: bool) -> Check {
     let free = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+    if !free && reinstall {
+        // The k3s this installer put here holds it: a rerun keeps it running.
+        return check(
+            "port",
+            format!("{port}/tcp held by the installed k3s"),
+            "free, or the installed k3s",
+            Verdict::Pass,
+            None,
+        );
+    }
     check("port", format!("{port}/tcp {}", if free { "free" } else { "in use" }), "free", if free { Verdict::Pass } else { Verdict::Fail }, Some(&format!("stop what listens on {port} (ss -ltnp sport = :{port}), or pass --https-listen-port after --")))
 }
 
@@ -353,7 +363,7 @@ pub fn run(input: &PreflightInput<'_>) -> Report {
             "swap" => swap(),
             "firewalld" => firewalld(),
             "selinux" => selinux(),
-            "port" if input.role == Role::Server => port(input.https_port),
+            "port" if input.role == Role::Server => port(input.https_port, input.reinstall),
             "port" => check("port", "-", "agent: none", Verdict::Skipped, None),
             "existing" => existing(input.root, input.reinstall),
             "arch" => arch(input.host_arch, input.bundle_arches),

@@ -38,6 +38,9 @@ pub struct InstallRecord {
     /// The detached k3s's pid file, for `--init none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<String>,
+    /// The detached k3s's log, for `--init none` (removed on uninstall).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

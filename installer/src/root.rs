@@ -60,10 +60,29 @@ impl HostRoot {
 }
 
 /// What one run changed so far, to undo unless kept.
+///
+/// With a journal, each directory is written to the journal before it is
+/// created, so the directories of a run that was killed are known to the
+/// next run, which adopts them as its own.
 #[derive(Debug, Default)]
 pub struct Changes {
     created_dirs: Vec<PathBuf>,
     kept: bool,
+    journal: Option<PathBuf>,
+}
+
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    missing.reverse();
+    missing
 }
 
 impl Changes {
@@ -71,18 +90,51 @@ impl Changes {
         Self::default()
     }
 
+    /// A change log journaled to `journal`, adopting the directories that
+    /// a killed earlier run journaled and that still exist.
+    pub fn with_journal(journal: &Path) -> anyhow::Result<Self> {
+        let mut changes = Changes::new();
+        if let Ok(text) = std::fs::read_to_string(journal) {
+            for line in text.lines() {
+                let d = PathBuf::from(line);
+                if d.is_dir() && !changes.created_dirs.contains(&d) {
+                    changes.created_dirs.push(d);
+                }
+            }
+        }
+        if let Some(parent) = journal.parent() {
+            for d in missing_dirs(parent) {
+                std::fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
+                changes.created_dirs.push(d);
+            }
+        }
+        let text: String = changes
+            .created_dirs
+            .iter()
+            .map(|d| format!("{}\n", d.display()))
+            .collect();
+        std::fs::write(journal, text).with_context(|| format!("writing {}", journal.display()))?;
+        changes.journal = Some(journal.to_path_buf());
+        Ok(changes)
+    }
+
+    fn journal_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal)
+            .with_context(|| format!("opening {}", journal.display()))?;
+        writeln!(f, "{}", dir.display())?;
+        f.sync_data()?;
+        Ok(())
+    }
+
     /// Creates `dir` and its missing parents, remembering each one created.
     pub fn create_dir_all(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let mut missing = Vec::new();
-        let mut cur = Some(dir);
-        while let Some(d) = cur {
-            if d.exists() {
-                break;
-            }
-            missing.push(d.to_path_buf());
-            cur = d.parent();
-        }
-        for d in missing.into_iter().rev() {
+        for d in missing_dirs(dir) {
+            self.journal_dir(&d)?;
             std::fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
             self.created_dirs.push(d);
         }
@@ -105,6 +157,9 @@ impl Drop for Changes {
     fn drop(&mut self) {
         if self.kept {
             return;
+        }
+        if let Some(journal) = &self.journal {
+            let _ = std::fs::remove_file(journal);
         }
         for d in self.created_dirs.iter().rev() {
             // Only empty directories: anything else in them is not ours.
@@ -132,6 +187,7 @@ pub fn write_file(
     content: &[u8],
     mode: u32,
 ) -> anyhow::Result<bool> {
+    AtomicFile::remove_stale(path)?;
     if file_matches(path, &Digest::of(content), mode) {
         return Ok(false);
     }
@@ -175,6 +231,25 @@ mod tests {
         c.create_dir_all(&deep).unwrap();
         c.keep();
         assert!(deep.is_dir());
+    }
+
+    #[test]
+    fn journal_hands_a_killed_runs_dirs_to_the_next() {
+        let t = tempfile::tempdir().unwrap();
+        let journal = t.path().join("state/journal");
+        let deep = t.path().join("x/y");
+        {
+            let mut c = Changes::with_journal(&journal).unwrap();
+            c.create_dir_all(&deep).unwrap();
+            std::mem::forget(c); // killed: no undo ran
+        }
+        let c = Changes::with_journal(&journal).unwrap();
+        let dirs = c.created_dirs().to_vec();
+        assert!(dirs.contains(&t.path().join("state")), "{dirs:?}");
+        assert!(dirs.contains(&t.path().join("x")), "{dirs:?}");
+        drop(c);
+        assert!(!t.path().join("x").exists());
+        assert!(!t.path().join("state").exists());
     }
 
     #[test]

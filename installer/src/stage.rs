@@ -86,6 +86,7 @@ impl EntrySink for FileStager<'_> {
             return Ok(());
         };
         let digest = self.digests[path];
+        AtomicFile::remove_stale(&placement.dest)?;
         if file_matches(&placement.dest, &digest, placement.mode) {
             self.unchanged.push(Placed {
                 placement: placement.clone(),
@@ -142,6 +143,7 @@ impl ArchiveStager {
         if let Some(dir) = placement.dest.parent() {
             changes.create_dir_all(dir)?;
         }
+        AtomicFile::remove_stale(&placement.dest)?;
         let mut file = AtomicFile::create(&placement.dest)
             .with_context(|| format!("staging {}", placement.host_path))?;
         file.set_mode(placement.mode)?;

@@ -17,6 +17,9 @@ use std::path::PathBuf;
 pub struct UninstallOptions {
     pub root: PathBuf,
     pub purge_images: bool,
+    /// Also delete k3s's own state (`/var/lib/rancher/k3s`: its CA, token,
+    /// datastore), as k3s-uninstall.sh does.
+    pub purge_data: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -92,10 +95,20 @@ pub fn uninstall(opts: &UninstallOptions, runner: &dyn Runner) -> anyhow::Result
     std::fs::remove_file(&record_path)
         .with_context(|| format!("removing {}", record_path.display()))?;
     report.removed.push(layout::INSTALL_RECORD.to_string());
-    // k3s's own runtime files under the pid file's directory.
-    if let Some(pid_file) = &record.pid_file {
-        if let Some(dir) = root.path(pid_file).parent() {
-            let _ = std::fs::remove_dir(dir);
+    // The detached k3s's log (its pid file went with the stop).
+    if let Some(log) = &record.log_file {
+        if std::fs::remove_file(root.path(log)).is_ok() {
+            report.removed.push(log.clone());
+        }
+    }
+    if opts.purge_data {
+        let data = root.path(layout::DATA_DIR);
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("removing {}", data.display()))?;
+            report
+                .removed
+                .push(format!("{}/ (k3s's state)", layout::DATA_DIR));
         }
     }
     // Directories the install created, deepest first, when empty.
