@@ -648,6 +648,9 @@ fn install(args: InstallArgs) -> anyhow::Result<()> {
             images.blobs_present
         );
     }
+    if let Some(e) = &report.embedded_images {
+        eprintln!("images: {e}");
+    }
     for f in &report.files_written {
         eprintln!("wrote {f}");
     }

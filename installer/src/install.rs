@@ -83,6 +83,9 @@ pub struct InstallReport {
     /// For a server: the command that joins an agent to it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join_command: Option<String>,
+    /// Embedded runtime: whether k3s's containerd holds every image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedded_images: Option<String>,
     pub preflight: preflight::Report,
     /// `--dry-run`: what would be done.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -660,6 +663,12 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         }
     };
 
+    // Embedded runtime: k3s imports the archive when it starts; once its
+    // containerd answers, confirm every image arrived.
+    let embedded_check = (opts.runtime == Runtime::Embedded && !opts.no_start)
+        .then(|| confirm_embedded(&runtime, &socket, meta))
+        .transpose()?;
+
     let join_command = (opts.role == Role::Server).then(|| {
         format!(
             "airgap install --offline {} --key <site.pub> --role agent --server https://<this server's address>:{} --token-file <copy of {}>",
@@ -679,9 +688,50 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         images,
         service: service_state,
         join_command,
+        embedded_images: embedded_check,
         preflight: report,
         plan: Vec::new(),
     })
+}
+
+/// Checks, over k3s's own containerd socket, that every image of the bundle
+/// is there. The socket comes up some time after k3s: without it, say so.
+fn confirm_embedded(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    meta: &BundleMeta,
+) -> anyhow::Result<String> {
+    if !socket.exists() {
+        return Ok(format!(
+            "not confirmed: k3s's containerd ({}) is not up yet; `airgap status` checks later",
+            socket.display()
+        ));
+    }
+    let mut iopts = ImportOptions::new(socket);
+    iopts.timeout = Duration::from_secs(5);
+    let present = runtime.block_on(async {
+        let importer = Importer::connect(iopts).await?;
+        importer.images().await
+    })?;
+    let missing: Vec<String> = meta
+        .images
+        .iter()
+        .map(|i| i.reference.to_string())
+        .filter(|r| !present.iter().any(|p| &p.name == r))
+        .collect();
+    if missing.is_empty() {
+        Ok(format!(
+            "all {} images present in k3s's containerd",
+            meta.images.len()
+        ))
+    } else {
+        bail!(
+            "k3s's containerd at {} is missing {} of the bundle's images: {}",
+            socket.display(),
+            missing.len(),
+            missing.join(", ")
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -751,6 +801,7 @@ fn dry_run_report(
         images: None,
         service: "dry run: nothing changed".into(),
         join_command: None,
+        embedded_images: None,
         preflight,
         plan,
     }
