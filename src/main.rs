@@ -475,14 +475,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        _ => "amd64",
-    }
-}
-
 fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
     let key_password = key_password(&args.password, &args.sign_key.display().to_string(), false)?;
     let mirrors = args
@@ -491,7 +483,7 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         .map(|m| airgap_bundler::registry::parse_mirror(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let arches = if args.arch.is_empty() {
-        vec![host_arch().to_string()]
+        vec![airgap_bundle::oci::host_arch().to_string()]
     } else {
         args.arch.clone()
     };

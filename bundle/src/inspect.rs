@@ -115,7 +115,7 @@ impl fmt::Display for Inspection {
         writeln!(f, "bundle     {}", self.file)?;
         writeln!(f, "k3s        {}", m.k3s_version)?;
         writeln!(f, "arches     {}", m.arches.join(", "))?;
-        writeln!(f, "created    {} (unix time)", m.created)?;
+        writeln!(f, "created    {}", crate::time::rfc3339_utc(m.created))?;
         writeln!(f, "builder    {}", m.builder)?;
         writeln!(f, "signature  {}", self.signature)?;
         writeln!(f, "content    {}", self.sums_digest)?;

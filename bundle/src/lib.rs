@@ -20,4 +20,5 @@ pub mod reference;
 pub mod sign;
 pub mod source;
 pub mod sums;
+pub mod time;
 pub mod write;

@@ -53,6 +53,15 @@ pub struct Descriptor {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// The k3s architecture name of this machine (`amd64`, `arm64`, `arm`).
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        _ => "amd64",
+    }
+}
+
 /// An OS/architecture/variant triple, as in an image index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Platform {
@@ -76,6 +85,15 @@ impl Platform {
             os: "linux".into(),
             architecture: architecture.into(),
             variant: variant.map(str::to_string),
+        })
+    }
+
+    /// This machine's platform.
+    pub fn host() -> Platform {
+        Platform::for_arch(host_arch()).unwrap_or(Platform {
+            os: "linux".into(),
+            architecture: std::env::consts::ARCH.into(),
+            variant: None,
         })
     }
 

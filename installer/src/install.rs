@@ -92,15 +92,6 @@ pub struct InstallReport {
     pub plan: Vec<String>,
 }
 
-/// The k3s architecture name of this host.
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        _ => "amd64",
-    }
-}
-
 /// The join token, from `--token` or `--token-file` (k3s's K3S_TOKEN and
 /// K3S_TOKEN_FILE).
 pub fn read_token(opts: &InstallOptions) -> anyhow::Result<Option<String>> {
@@ -266,7 +257,7 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
     }
     let root = HostRoot::new(&opts.root)?;
     let init = opts.init.unwrap_or_else(Init::detect);
-    let arch = host_arch();
+    let arch = airgap_bundle::oci::host_arch();
 
     // The bundle's verified head: plan and preflight from it.
     let trust = || -> anyhow::Result<Trust> {

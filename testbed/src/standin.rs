@@ -23,7 +23,6 @@ use std::fmt::Display;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -46,30 +45,10 @@ pub const K3S_VERSION: &str = "v1.20.6+k3s1";
 
 /// Logs one line to stderr, marked as coming from the test double.
 pub fn log(msg: impl Display) {
-    eprintln!("{} k3s-standin (test double): {msg}", now_rfc3339());
-}
-
-fn now_rfc3339() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let (secs, days) = (now.as_secs() % 86400, (now.as_secs() / 86400) as i64);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        now.subsec_millis()
-    )
+    eprintln!(
+        "{} k3s-standin (test double): {msg}",
+        airgap_bundle::time::now_rfc3339()
+    );
 }
 
 /// A k3s join token: `K10<ca hash>::<user>:<password>`, or a bare password.
@@ -260,12 +239,5 @@ mod tests {
         assert_eq!(a.first_mismatch(&b), None);
         b.cluster_dns = "10.43.0.53".into();
         assert_eq!(a.first_mismatch(&b), Some("cluster-dns"));
-    }
-
-    #[test]
-    fn rfc3339_shape() {
-        let t = now_rfc3339();
-        assert_eq!(t.len(), 24, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }
 }
