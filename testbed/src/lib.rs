@@ -20,4 +20,5 @@ pub use registry::{Registry, RegistryOptions};
 pub use release::ReleaseServer;
 pub use seed::{seed_bench, seed_demo, Seeded, SeededImage};
 pub mod containerd;
+pub mod hosts;
 pub mod standin;

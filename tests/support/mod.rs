@@ -6,6 +6,7 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod install;
 pub mod tarball;
 
