@@ -253,7 +253,14 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
     let token = read_token(opts)?;
     check_options(opts, token.as_deref())?;
     if let Some(t) = &token {
-        crate::join::parse_token(t)?;
+        let source = match &opts.token_file {
+            Some(f) => format!("the token in {}", f.display()),
+            None => "the token given with --token".to_string(),
+        };
+        crate::join::parse_token(t).with_context(|| match &opts.server {
+            Some(url) => format!("{source}, to join {url}, cannot be used"),
+            None => format!("{source} cannot be used"),
+        })?;
     }
     let root = HostRoot::new(&opts.root)?;
     let init = opts.init.unwrap_or_else(Init::detect);
