@@ -11,11 +11,13 @@
 
 use crate::digest::{Digest, Hashed, HashingReader};
 use crate::meta::{BundleMeta, MAX_META_BYTES, META_NAME};
+use crate::oci::{Index, ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES};
 use crate::path::check_entry_path;
 use crate::sign::{self, PublicKey};
 use crate::sums::{Sums, MAX_SUMS_BYTES, SIGNATURE_NAME, SUMS_NAME};
 use anyhow::Context as _;
-use std::collections::BTreeSet;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 
 /// Largest signature file accepted.
@@ -137,16 +139,125 @@ pub fn read_header<R: Read>(input: R, trust: &Trust) -> anyhow::Result<Header> {
     Ok(read(input, trust, None)?.header)
 }
 
+/// How many bytes of tar stream the reader lets through: before the header
+/// is verified only enough for the signature, `SHA256SUMS` and `bundle.json`;
+/// after it, what `SHA256SUMS` and `bundle.json` account for plus tar's
+/// overhead. However a (zstd) stream expands, reading stops there.
+struct Budget {
+    used: Cell<u64>,
+    limit: Cell<u64>,
+}
+
+struct BudgetReader<'b, R> {
+    inner: R,
+    budget: &'b Budget,
+}
+
+impl<R: Read> Read for BudgetReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (used, limit) = (self.budget.used.get(), self.budget.limit.get());
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if used >= limit {
+            return Err(io::Error::other(format!(
+                "the bundle's tar stream goes on past the {limit} bytes its SHA256SUMS and bundle.json account for"
+            )));
+        }
+        let room = usize::try_from(limit - used).unwrap_or(usize::MAX);
+        let max = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..max])?;
+        self.budget.used.set(used + n as u64);
+        Ok(n)
+    }
+}
+
+/// Tar bytes allowed per entry beyond its data: its header block and padding.
+const ENTRY_OVERHEAD: u64 = 1024;
+/// Most directory entries accepted (the builder writes none).
+const MAX_DIRECTORIES: u64 = 4096;
+/// Slack for the end-of-archive blocks and a tar writer's record padding.
+const TRAILER_BYTES: u64 = 1 << 20;
+/// Before the header is verified: the three head documents and their headers.
+const HEAD_BUDGET: u64 = MAX_SIGNATURE_BYTES + MAX_SUMS_BYTES + MAX_META_BYTES + 8 * ENTRY_OVERHEAD;
+/// The OCI layout's `index.json`, parsed and checked against `bundle.json`.
+pub const INDEX_NAME: &str = "images/index.json";
+
+/// The largest size each listed entry may have, from `bundle.json`: a file
+/// or a top-level image manifest exactly its declared size, a platform's
+/// blob at most that platform's size, anything else at most a manifest's
+/// limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeRule {
+    Exactly(u64),
+    AtMost(u64),
+}
+
+fn size_rules(meta: &BundleMeta, sums: &Sums) -> BTreeMap<String, SizeRule> {
+    let mut rules = BTreeMap::new();
+    for image in &meta.images {
+        for platform in &image.platforms {
+            for blob in &platform.blobs {
+                let rule = rules
+                    .entry(format!("images/{}", blob.blob_path()))
+                    .or_insert(SizeRule::AtMost(0));
+                if let SizeRule::AtMost(m) = rule {
+                    *m = (*m).max(platform.size);
+                }
+            }
+        }
+    }
+    for image in &meta.images {
+        rules.insert(
+            format!("images/{}", image.digest.blob_path()),
+            SizeRule::Exactly(image.size),
+        );
+    }
+    for file in &meta.files {
+        rules.insert(file.path.clone(), SizeRule::Exactly(file.size));
+    }
+    for (path, _) in sums.iter() {
+        rules
+            .entry(path.to_string())
+            .or_insert(SizeRule::AtMost(MAX_MANIFEST_BYTES));
+    }
+    rules
+}
+
+fn check_size(name: &str, size: u64, rule: SizeRule) -> anyhow::Result<()> {
+    match rule {
+        SizeRule::Exactly(n) if size != n => Err(violation(
+            name,
+            format!("{size} bytes, but {META_NAME} declares {n}"),
+        )),
+        SizeRule::AtMost(n) if size > n => Err(violation(
+            name,
+            format!("{size} bytes, more than the {n} {META_NAME} allows for it"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn read<R: Read>(
     input: R,
     trust: &Trust,
     sink: Option<&mut dyn EntrySink>,
 ) -> anyhow::Result<ReadSummary> {
-    let mut archive = tar::Archive::new(input);
+    let budget = Budget {
+        used: Cell::new(0),
+        limit: Cell::new(HEAD_BUDGET),
+    };
+    let mut archive = tar::Archive::new(BudgetReader {
+        inner: input,
+        budget: &budget,
+    });
+    // Raw: GNU long names and PAX headers come as entries of their own (and
+    // are refused), rather than being read into memory and applied.
     let mut entries = archive
         .entries()
-        .context("reading the bundle's tar stream")?;
-    let mut next = |expect: &str| -> anyhow::Result<tar::Entry<'_, R>> {
+        .context("reading the bundle's tar stream")?
+        .raw(true);
+    let mut next = |expect: &str| -> anyhow::Result<tar::Entry<'_, _>> {
         match entries.next() {
             Some(e) => e.with_context(|| format!("reading the bundle where {expect} should be")),
             None => Err(violation(expect, "missing: the bundle ends before it")),
@@ -224,12 +335,33 @@ fn read<R: Read>(
     };
     sink.begin(&header)?;
 
+    // From here on the stream may be as long as the verified header says.
+    let rules = size_rules(&header.meta, &header.sums);
+    let declared = rules
+        .iter()
+        .filter(|(p, _)| p.as_str() != META_NAME)
+        .map(|(_, r)| match r {
+            SizeRule::Exactly(n) | SizeRule::AtMost(n) => *n,
+        })
+        .fold(0u64, u64::saturating_add);
+    let overhead = (header.sums.len() as u64 + MAX_DIRECTORIES) * ENTRY_OVERHEAD + TRAILER_BYTES;
+    budget.limit.set(
+        budget
+            .used
+            .get()
+            .saturating_add(declared)
+            .saturating_add(overhead),
+    );
+
     // 4. Everything else, each checked as it streams.
     let mut seen: BTreeSet<String> = [META_NAME.to_string()].into();
     let mut count = 3;
     let mut bytes = 0u64;
+    let mut last = META_NAME.to_string();
+    let mut directories = 0u64;
     for entry in entries {
-        let entry = entry.context("reading the bundle's tar stream")?;
+        let mut entry =
+            entry.with_context(|| format!("reading the bundle's tar stream after entry {last}"))?;
         count += 1;
         if count > MAX_ENTRIES {
             return Err(violation(
@@ -238,12 +370,33 @@ fn read<R: Read>(
             ));
         }
         let raw_name = entry_name(&entry)?;
+        let kind = entry.header().entry_type();
+        if let Some(what) = extension_name(kind) {
+            return Err(violation(
+                &raw_name,
+                format!("{what} entries are not allowed (only regular files and directories)"),
+            ));
+        }
         let name = check_entry_path(&raw_name)?.to_string();
+        last.clone_from(&name);
         if name == SIGNATURE_NAME || name == SUMS_NAME || !seen.insert(name.clone()) {
             return Err(violation(&name, "duplicate entry"));
         }
-        let kind = entry.header().entry_type();
+        let size = entry.size();
         if kind.is_dir() {
+            if size != 0 {
+                return Err(violation(
+                    &name,
+                    format!("a directory with {size} bytes of data"),
+                ));
+            }
+            directories += 1;
+            if directories > MAX_DIRECTORIES {
+                return Err(violation(
+                    &name,
+                    format!("more than {MAX_DIRECTORIES} directory entries"),
+                ));
+            }
             continue;
         }
         if !kind.is_file() {
@@ -259,19 +412,37 @@ fn read<R: Read>(
             .sums
             .get(&name)
             .ok_or_else(|| violation(&name, format!("not listed in {SUMS_NAME}")))?;
-        let size = entry.size();
-        let mut reader = HashingReader::new(entry);
-        sink.entry(&name, size, &mut reader)
-            .with_context(|| format!("entry {name}"))?;
-        io::copy(&mut reader, &mut io::sink()).with_context(|| format!("reading entry {name}"))?;
-        let hashed = reader.finish();
-        if hashed.size != size {
-            return Err(violation(
-                &name,
-                format!("truncated: {} of {size} bytes", hashed.size),
-            ));
+        if let Some(rule) = rules.get(&name) {
+            check_size(&name, size, *rule)?;
         }
-        hashed.verify(&name, &expected, None)?;
+        let hashed = if name == INDEX_NAME {
+            // Read whole (it is small and checked above), checked, then handed on.
+            let body = read_small(&mut entry, &name, MAX_MANIFEST_BYTES)?;
+            let hashed = Hashed {
+                digest: Digest::of(&body),
+                size,
+            };
+            hashed.verify(&name, &expected, None)?;
+            check_index(&body, &header.meta)?;
+            sink.entry(&name, size, &mut io::Cursor::new(&body))
+                .with_context(|| format!("entry {name}"))?;
+            hashed
+        } else {
+            let mut reader = HashingReader::new(entry);
+            sink.entry(&name, size, &mut reader)
+                .with_context(|| format!("entry {name}"))?;
+            io::copy(&mut reader, &mut io::sink())
+                .with_context(|| format!("reading entry {name}"))?;
+            let hashed = reader.finish();
+            if hashed.size != size {
+                return Err(violation(
+                    &name,
+                    format!("truncated: {} of {size} bytes", hashed.size),
+                ));
+            }
+            hashed.verify(&name, &expected, None)?;
+            hashed
+        };
         bytes += size;
         sink.verified(&name, hashed)?;
     }
@@ -297,6 +468,60 @@ fn read<R: Read>(
         entries: count,
         bytes,
     })
+}
+
+/// Tar's extension headers, which change the entry after them.
+fn extension_name(kind: tar::EntryType) -> Option<&'static str> {
+    match kind {
+        tar::EntryType::XHeader => Some("PAX extended header"),
+        tar::EntryType::XGlobalHeader => Some("PAX global header"),
+        tar::EntryType::GNULongName => Some("GNU long-name"),
+        tar::EntryType::GNULongLink => Some("GNU long-link"),
+        tar::EntryType::GNUSparse => Some("GNU sparse"),
+        _ => None,
+    }
+}
+
+/// The OCI layout's `index.json` names each image once, by the reference and
+/// digest `bundle.json` gives it, so a tool reading the layout (skopeo,
+/// `ctr import`) sees the images the installer names.
+fn check_index(bytes: &[u8], meta: &BundleMeta) -> anyhow::Result<()> {
+    let index: Index = serde_json::from_slice(bytes)
+        .map_err(|e| violation(INDEX_NAME, format!("not an OCI image index: {e}")))?;
+    let mut named: BTreeMap<&str, &Digest> = BTreeMap::new();
+    for desc in &index.manifests {
+        let Some(reference) = desc.annotations.get(ANNOTATION_REF_NAME) else {
+            continue;
+        };
+        if let Some(first) = named.insert(reference, &desc.digest) {
+            return Err(violation(
+                INDEX_NAME,
+                format!(
+                    "names image {reference} twice ({first} and {})",
+                    desc.digest
+                ),
+            ));
+        }
+        match meta.image(reference) {
+            Some(image) if image.digest == desc.digest => {}
+            Some(image) => {
+                return Err(violation(
+                    INDEX_NAME,
+                    format!(
+                        "names image {reference} as {}, but {META_NAME} says {}",
+                        desc.digest, image.digest
+                    ),
+                ))
+            }
+            None => {
+                return Err(violation(
+                    INDEX_NAME,
+                    format!("names image {reference}, which {META_NAME} does not list"),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn kind_name(kind: tar::EntryType) -> &'static str {
@@ -340,4 +565,43 @@ fn check_meta_against_sums(meta: &BundleMeta, sums: &Sums) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_stops_a_stream_that_goes_on() {
+        let budget = Budget {
+            used: Cell::new(0),
+            limit: Cell::new(1000),
+        };
+        let mut r = BudgetReader {
+            inner: io::repeat(0),
+            budget: &budget,
+        };
+        let mut buf = Vec::new();
+        let err = r.read_to_end(&mut buf).unwrap_err();
+        assert_eq!(buf.len(), 1000);
+        assert!(
+            err.to_string().contains("goes on past the 1000 bytes"),
+            "{err}"
+        );
+        budget.limit.set(1500);
+        let mut more = [0u8; 4096];
+        assert_eq!(r.read(&mut more).unwrap(), 500);
+    }
+
+    #[test]
+    fn size_rules_follow_bundle_json() {
+        assert!(check_size("a", 5, SizeRule::Exactly(5)).is_ok());
+        let err = check_size("a", 6, SizeRule::Exactly(5)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "entry a: 6 bytes, but bundle.json declares 5"
+        );
+        assert!(check_size("b", 5, SizeRule::AtMost(5)).is_ok());
+        assert!(check_size("b", 6, SizeRule::AtMost(5)).is_err());
+    }
 }

@@ -14,8 +14,12 @@ pub const MAX_SUMS_BYTES: u64 = 16 << 20;
 pub enum SumsError {
     #[error("SHA256SUMS line {line}: expected `<64 hex digits>  <path>`")]
     Syntax { line: usize },
-    #[error("SHA256SUMS line {line}: {source}")]
-    Path { line: usize, source: PathError },
+    #[error("SHA256SUMS line {line}")]
+    Path {
+        line: usize,
+        #[source]
+        source: PathError,
+    },
     #[error("SHA256SUMS line {line}: {path} is listed twice")]
     Duplicate { line: usize, path: String },
     #[error("SHA256SUMS line {line}: {path} names a file the bundle reserves")]

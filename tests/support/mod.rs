@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod hostile;
 pub mod install;
 pub mod tarball;
 
