@@ -96,6 +96,32 @@ enum BundleCommand {
     Verify(VerifyArgs),
     /// Show what a bundle holds: version, platforms, images, files, sizes.
     Inspect(InspectArgs),
+    /// Write a ready USB stick from a bundle: the bundle (in parts on FAT),
+    /// this airgap binary, the public key and a README.txt with the commands.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// The bundle: a file, or a split bundle's name (or any of its parts).
+    bundle: PathBuf,
+    /// The stick's directory (its mount point).
+    #[arg(long, value_name = "DIR")]
+    usb: PathBuf,
+    /// Public key the bundle must verify with; copied to the stick.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Write the bundle in parts of at most SIZE (on FAT: 4 GiB - 1 unless given).
+    #[arg(long, value_name = "SIZE", value_parser = parse_split)]
+    split: Option<u64>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--split SIZE`: bytes, or K, M, G (powers of 1024), or `fat32`.
+fn parse_split(text: &str) -> Result<u64, String> {
+    airgap_bundle::split::parse_size(text).map_err(|e| format!("{e:#}"))
 }
 
 /// Where the password of a secret key comes from.
@@ -139,6 +165,16 @@ struct BuildArgs {
     /// Output file. Default: k3s-<version>-linux-<arch>.airgap.tar.zst.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Write the bundle in parts of at most SIZE (4000M, 1G, bytes, or fat32
+    /// for 4 GiB - 1): FILE.part000, FILE.part001, … and their list FILE.parts.
+    /// verify, inspect and install take FILE or any part.
+    #[arg(long, value_name = "SIZE", value_parser = parse_split)]
+    split: Option<u64>,
+    /// Then also write a ready USB stick to DIR: the bundle (in parts when DIR
+    /// is FAT), this airgap binary, the public key (NAME.pub for NAME.key)
+    /// and a README.txt with the install commands.
+    #[arg(long, value_name = "DIR")]
+    usb: Option<PathBuf>,
     /// Base URL of the k3s release assets, in GitHub's layout
     /// (<URL>/<version>/<asset>).
     #[arg(long, value_name = "URL", default_value = airgap_bundler::release::GITHUB_RELEASES)]
@@ -340,6 +376,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen(args) => keygen(args),
         Command::Bundle(BundleCommand::Build(args)) => bundle_build(*args),
+        Command::Bundle(BundleCommand::Export(args)) => {
+            let public_key = airgap_bundle::sign::load_public_key(&args.key)?;
+            let key_name = args
+                .key
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "site.pub".into());
+            let stick = airgap_bundler::usb::write_stick(
+                &args.bundle,
+                &airgap_bundler::usb::UsbOptions {
+                    dir: args.usb,
+                    split: args.split,
+                    public_key,
+                    key_name,
+                },
+            )?;
+            print_result(&stick, args.json)
+        }
         Command::Install(args) => install(*args),
         Command::Token(args) => token(args),
         Command::Uninstall(args) => {
@@ -494,10 +548,33 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         ),
         Err(_) => None,
     };
+    let usb = match &args.usb {
+        Some(dir) => {
+            // The stick's key comes from the signing key, checked before the build.
+            let sk = airgap_bundle::sign::load_secret_key(&args.sign_key, key_password.clone())?;
+            let public_key = airgap_bundle::sign::PublicKey::from_secret_key(&sk)
+                .map_err(|e| anyhow::anyhow!("deriving the public key: {e}"))?;
+            let key_name = format!(
+                "{}.pub",
+                args.sign_key
+                    .file_stem()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "site".into())
+            );
+            Some(airgap_bundler::usb::UsbOptions {
+                dir: dir.clone(),
+                split: args.split,
+                public_key,
+                key_name,
+            })
+        }
+        None => None,
+    };
     let opts = BuildOptions {
         version: args.version.clone(),
         arches,
         output: args.output.clone(),
+        split: args.split,
         sign_key: args.sign_key.clone(),
         key_password,
         release: ReleaseSource {
@@ -528,6 +605,16 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let summary = runtime.block_on(build(&opts, progress.as_ref()))?;
+    if let Some(usb) = &usb {
+        let stick = airgap_bundler::usb::write_stick(&summary.file, usb)?;
+        if args.json {
+            let both = serde_json::json!({ "bundle": summary, "usb": stick });
+            println!("{}", serde_json::to_string_pretty(&both)?);
+            return Ok(());
+        } else if !args.quiet {
+            eprintln!("{stick}");
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else if !args.quiet {
@@ -539,6 +626,15 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
             summary.blobs,
             airgap_bundle::inspect::human_bytes(summary.dedup_saved_bytes),
         );
+        if let (Some(first), Some(last)) = (summary.parts.first(), summary.parts.last()) {
+            eprintln!(
+                "  in {} parts, {} to {}, listed in {}.parts",
+                summary.parts.len(),
+                first.display(),
+                last.display(),
+                summary.file.display()
+            );
+        }
         if summary.lock_updated {
             eprintln!("pinned new digests in {}", opts.lock_path.display());
         }

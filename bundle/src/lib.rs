@@ -19,6 +19,7 @@ pub mod read;
 pub mod reference;
 pub mod sign;
 pub mod source;
+pub mod split;
 pub mod sums;
 pub mod time;
 pub mod write;

@@ -20,6 +20,7 @@ use airgap_bundle::meta::{
 use airgap_bundle::oci::{self, Descriptor, Platform};
 use airgap_bundle::reference::ImageRef;
 use airgap_bundle::sign;
+use airgap_bundle::split::SplitWriter;
 use airgap_bundle::sums::Sums;
 use airgap_bundle::write::{write_bundle, Compression, StagedEntry, TarStamp};
 use anyhow::{bail, Context as _};
@@ -36,6 +37,9 @@ pub struct BuildOptions {
     pub arches: Vec<String>,
     /// Output file; `None` means the default name in the current directory.
     pub output: Option<PathBuf>,
+    /// Write the bundle as parts of at most this many bytes
+    /// (`<output>.part000`, …, and the list `<output>.parts`).
+    pub split: Option<u64>,
     pub sign_key: PathBuf,
     pub key_password: Option<String>,
     pub release: ReleaseSource,
@@ -64,6 +68,9 @@ pub struct BuildSummary {
     pub blob_bytes: u64,
     pub dedup_saved_bytes: u64,
     pub lock_updated: bool,
+    /// The parts, when the bundle was split (`file` is then their base name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -227,33 +234,58 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
     // Write the tar stream beside the output, then rename it into place.
     let total: u64 = staged.entries.iter().map(|e| e.size).sum();
     progress.writing_started(total);
-    let mut out =
-        AtomicFile::create(&output).with_context(|| format!("creating {}", output.display()))?;
-    let entries = staged.entries.clone();
-    let compression = opts.compression;
     let stamp = TarStamp { mtime: created };
-    let file = out.file().try_clone()?;
-    let writer = std::io::BufWriter::with_capacity(1 << 20, file);
-    tokio::task::block_in_place(|| {
-        let mut on_bytes = |n| progress.writing_advanced(n);
-        write_bundle(
-            writer,
-            &signature,
-            &sums_text,
-            &entries,
-            compression,
-            stamp,
-            &mut on_bytes,
-        )?
-        .into_inner()
-        .map_err(|e| e.into_error())?;
-        anyhow::Ok(())
-    })
-    .with_context(|| format!("writing {}", output.display()))?;
-    progress.writing_done();
-    let size = out.file().metadata()?.len();
-    let output = out.commit()?;
-    let sha256 = tokio::task::block_in_place(|| hash_file(&output))?.digest;
+    let (size, sha256, parts) = if let Some(part_size) = opts.split {
+        let split = tokio::task::block_in_place(|| {
+            let writer = SplitWriter::create(&output, part_size)?;
+            let writer = std::io::BufWriter::with_capacity(1 << 20, writer);
+            let mut on_bytes = |n| progress.writing_advanced(n);
+            write_bundle(
+                writer,
+                &signature,
+                &sums_text,
+                &staged.entries,
+                opts.compression,
+                stamp,
+                &mut on_bytes,
+            )?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .finish()?
+            .commit()
+        })
+        .with_context(|| format!("writing {} in parts", output.display()))?;
+        progress.writing_done();
+        (split.manifest.size, split.manifest.sha256, split.parts)
+    } else {
+        let mut out = AtomicFile::create(&output)
+            .with_context(|| format!("creating {}", output.display()))?;
+        let entries = staged.entries.clone();
+        let compression = opts.compression;
+        let file = out.file().try_clone()?;
+        let writer = std::io::BufWriter::with_capacity(1 << 20, file);
+        tokio::task::block_in_place(|| {
+            let mut on_bytes = |n| progress.writing_advanced(n);
+            write_bundle(
+                writer,
+                &signature,
+                &sums_text,
+                &entries,
+                compression,
+                stamp,
+                &mut on_bytes,
+            )?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+            anyhow::Ok(())
+        })
+        .with_context(|| format!("writing {}", output.display()))?;
+        progress.writing_done();
+        let size = out.file().metadata()?.len();
+        out.commit()?;
+        let sha256 = tokio::task::block_in_place(|| hash_file(&output))?.digest;
+        (size, sha256, Vec::new())
+    };
 
     // Record the pins only once the bundle exists.
     if lock_updated {
@@ -282,6 +314,7 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
         blob_bytes: meta.totals.blob_bytes,
         dedup_saved_bytes: meta.dedup_saved(),
         lock_updated,
+        parts,
     })
 }
 

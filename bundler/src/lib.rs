@@ -7,3 +7,4 @@ pub mod progress;
 pub mod registry;
 pub mod release;
 pub mod store;
+pub mod usb;

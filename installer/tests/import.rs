@@ -64,6 +64,7 @@ fn build_fixture() -> anyhow::Result<Fixture> {
         version: "v1.20.6".into(),
         arches: vec!["amd64".into()],
         output: Some(bundle.clone()),
+        split: None,
         sign_key: dir.join("site.key"),
         key_password: None,
         release: ReleaseSource {

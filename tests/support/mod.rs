@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod hostile;
 pub mod install;
+pub mod split;
 pub mod tarball;
 
 use airgap_testbed::containerd::output_with_timeout;

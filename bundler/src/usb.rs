@@ -1,0 +1,336 @@
+//! A ready USB stick: the bundle (in parts when the stick is FAT, which caps a
+//! file at 4 GiB − 1, or when asked), the `airgap` binary that is running,
+//! the public key the bundle is signed with, a `README.txt` with the exact
+//! install commands, and `SHA256SUMS` of the stick's files.
+//!
+//! The copy on the stick is read back under the reader rules, signature
+//! included, before any of it is renamed into place: a stick that holds a
+//! bundle holds one that verifies with the key beside it.
+
+use airgap_bundle::digest::{Digest, Hasher, HashingReader};
+use airgap_bundle::read::{read_bundle, DrainSink, Trust};
+use airgap_bundle::sign::{self, PublicKey};
+use airgap_bundle::source::{decompress, open_raw};
+use airgap_bundle::split::{self, PartsReader, PublishFile, SplitWriter, FAT_MAX_FILE};
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What goes on the stick besides the bundle.
+pub struct UsbOptions {
+    /// The stick's directory (its mount point, or a folder on it).
+    pub dir: PathBuf,
+    /// Part size asked for (`--split`); on FAT, 4 GiB − 1 when not given.
+    pub split: Option<u64>,
+    /// The key the bundle must verify with, written to the stick.
+    pub public_key: PublicKey,
+    /// File name of the key on the stick (`site.pub`).
+    pub key_name: String,
+}
+
+/// What [`write_stick`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stick {
+    pub dir: PathBuf,
+    /// The name to give `airgap install` (the file, or the parts' base name).
+    pub bundle: String,
+    /// Bundle parts, when split.
+    pub parts: Vec<String>,
+    pub file_system: String,
+    pub key: String,
+    pub key_id: String,
+    /// Every file written, with its sha256 (also in the stick's SHA256SUMS).
+    pub files: Vec<(String, Digest)>,
+}
+
+impl std::fmt::Display for Stick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "stick {} ({})", self.dir.display(), self.file_system)?;
+        match self.parts.len() {
+            0 => writeln!(f, "  bundle   {}", self.bundle)?,
+            n => writeln!(
+                f,
+                "  bundle   {} in {n} parts, listed in {}.parts",
+                self.bundle, self.bundle
+            )?,
+        }
+        writeln!(f, "  key      {} (id {})", self.key, self.key_id)?;
+        writeln!(
+            f,
+            "  also     airgap, README.txt (the install commands), SHA256SUMS"
+        )?;
+        write!(
+            f,
+            "  the copy verified with the key before it was published"
+        )
+    }
+}
+
+/// The file system type of `dir`, as `stat -f -c %T` names it.
+pub fn file_system_type(dir: &Path) -> anyhow::Result<String> {
+    let mut cmd = Command::new("stat");
+    cmd.args(["-f", "-c", "%T"]).arg(dir);
+    tracing::debug!("running {cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(3).collect();
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("; ")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// FAT12/16/32 as `stat -f` names them (exFAT has no 4 GiB cap).
+pub fn is_fat(fs_type: &str) -> bool {
+    matches!(fs_type, "msdos" | "vfat" | "fat")
+}
+
+/// The part size for a stick of `fs_type`: FAT needs parts; elsewhere only
+/// a requested `--split` splits.
+pub fn part_size(fs_type: &str, requested: Option<u64>) -> anyhow::Result<Option<u64>> {
+    if !is_fat(fs_type) {
+        return Ok(requested);
+    }
+    match requested {
+        Some(size) if size > FAT_MAX_FILE => bail!(
+            "--split {size} is more than the {FAT_MAX_FILE} bytes a file on FAT ({fs_type}) can hold"
+        ),
+        Some(size) => Ok(Some(size)),
+        None => Ok(Some(FAT_MAX_FILE)),
+    }
+}
+
+fn file_name(path: &Path) -> anyhow::Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} has no UTF-8 file name", path.display()))
+}
+
+/// The bundle's name without a part or list suffix.
+fn bundle_base(bundle: &Path) -> PathBuf {
+    if let Some((base, _)) = split::split_part_name(bundle) {
+        return base;
+    }
+    match bundle
+        .to_str()
+        .and_then(|s| s.strip_suffix(split::PARTS_SUFFIX))
+    {
+        Some(base) if !base.is_empty() => PathBuf::from(base),
+        _ => bundle.to_path_buf(),
+    }
+}
+
+/// Writes the stick: the bundle `bundle` (a file or parts, as `open_bundle`
+/// takes it) copied and verified, then the binary, the key, the README and
+/// the checksums.
+pub fn write_stick(bundle: &Path, opts: &UsbOptions) -> anyhow::Result<Stick> {
+    if !opts.dir.is_dir() {
+        bail!(
+            "{} is not a directory (mount the stick first)",
+            opts.dir.display()
+        );
+    }
+    let fs_type = file_system_type(&opts.dir)?;
+    let part_size = part_size(&fs_type, opts.split)?;
+    let base_name = file_name(&bundle_base(bundle))?;
+    let dest = opts.dir.join(&base_name);
+    let mut files: Vec<(String, Digest)> = Vec::new();
+
+    // The bundle: copy, verify the copy, publish.
+    let mut source = HashingReader::new(open_raw(bundle)?);
+    let mut parts = Vec::new();
+    match part_size {
+        Some(size) => {
+            let mut writer = SplitWriter::create(&dest, size)?;
+            io::copy(&mut source, &mut writer)
+                .with_context(|| format!("copying {} to {}", bundle.display(), dest.display()))?;
+            let written = writer.finish()?;
+            let copied = source.finish();
+            if written.manifest.sha256 != copied.digest {
+                bail!(
+                    "the copy of {} on the stick differs from it",
+                    bundle.display()
+                );
+            }
+            verify_copy(
+                PartsReader::unlisted(&written.temp_paths()),
+                &opts.public_key,
+                &dest,
+            )?;
+            let committed = written.commit()?;
+            for (p, info) in committed.parts.iter().zip(&committed.manifest.parts) {
+                files.push((file_name(p)?, info.sha256));
+                parts.push(file_name(p)?);
+            }
+            let list = std::fs::read(&committed.manifest_path)?;
+            files.push((file_name(&committed.manifest_path)?, Digest::of(&list)));
+        }
+        None => {
+            let mut out = PublishFile::create(&dest, 0o644)?;
+            io::copy(&mut source, &mut out)
+                .with_context(|| format!("copying {} to {}", bundle.display(), dest.display()))?;
+            let copied = source.finish();
+            let file = std::fs::File::open(out.temp_path())?;
+            verify_copy(file, &opts.public_key, &dest)?;
+            out.commit()?;
+            files.push((base_name.clone(), copied.digest));
+        }
+    }
+
+    // The binary that is running: the one that built and verified this.
+    let exe = std::env::current_exe().context("finding the airgap binary")?;
+    let digest = copy_file(&exe, &opts.dir.join("airgap"), 0o755)?;
+    files.push(("airgap".into(), digest));
+
+    let key_text = opts
+        .public_key
+        .to_box()
+        .map_err(|e| anyhow::anyhow!("encoding the public key: {e}"))?
+        .into_string();
+    files.push((
+        opts.key_name.clone(),
+        write_small(&opts.dir.join(&opts.key_name), key_text.as_bytes())?,
+    ));
+    let key_id = sign::public_key_id(&opts.public_key);
+    let readme = readme(&base_name, &parts, &opts.key_name, &key_id);
+    files.push((
+        "README.txt".into(),
+        write_small(&opts.dir.join("README.txt"), readme.as_bytes())?,
+    ));
+    let sums: String = files
+        .iter()
+        .map(|(name, d)| format!("{}  {name}\n", d.hex()))
+        .collect();
+    write_small(&opts.dir.join("SHA256SUMS"), sums.as_bytes())?;
+
+    Ok(Stick {
+        dir: opts.dir.clone(),
+        bundle: base_name,
+        parts,
+        file_system: fs_type,
+        key: opts.key_name.clone(),
+        key_id,
+        files,
+    })
+}
+
+/// Reads the copy under the reader rules, signature first.
+fn verify_copy<R: Read + Send + 'static>(
+    raw: R,
+    key: &PublicKey,
+    dest: &Path,
+) -> anyhow::Result<()> {
+    let stream = decompress(BufReader::with_capacity(1 << 20, raw))?;
+    read_bundle(stream, &Trust::Key(key.clone()), &mut DrainSink).with_context(|| {
+        format!(
+            "the copy of the bundle written to {} does not verify; nothing was published",
+            dest.display()
+        )
+    })?;
+    Ok(())
+}
+
+fn copy_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<Digest> {
+    let mut input = HashingReader::new(
+        std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?,
+    );
+    let mut out = PublishFile::create(to, mode)?;
+    io::copy(&mut input, &mut out).with_context(|| format!("writing {}", to.display()))?;
+    out.commit()?;
+    Ok(input.finish().digest)
+}
+
+fn write_small(to: &Path, bytes: &[u8]) -> anyhow::Result<Digest> {
+    let mut out = PublishFile::create(to, 0o644)?;
+    out.write_all(bytes)
+        .with_context(|| format!("writing {}", to.display()))?;
+    out.commit()?;
+    let mut h = Hasher::new();
+    h.update(bytes);
+    Ok(h.finish().digest)
+}
+
+/// The stick's README: what is on it and the exact commands.
+pub fn readme(bundle: &str, parts: &[String], key: &str, key_id: &str) -> String {
+    let what = match parts {
+        [] => format!("  {bundle}\n      the bundle: k3s, its images and the workloads', signed\n"),
+        [first, .., last] => format!(
+            "  {first} .. {last}, {bundle}.parts\n      the bundle in {} parts (FAT cannot hold a file of 4 GiB), and their\n      list; airgap reads them as one. Give airgap the name {bundle}.\n",
+            parts.len()
+        ),
+        [only] => format!(
+            "  {only}, {bundle}.parts\n      the bundle as one part, and its list. Give airgap the name {bundle}.\n"
+        ),
+    };
+    let usb = "/media/usb";
+    let arch = std::env::consts::ARCH;
+    format!(
+        "airgap: install k3s on machines without internet access\n\
+         ========================================================\n\
+         \n\
+         On this stick:\n\
+         {what}\
+         \x20 airgap\n      the installer (Linux, {arch}); run it as root\n\
+         \x20 {key}\n      the public key (id {key_id}) the bundle must be signed with\n\
+         \x20 SHA256SUMS\n      checksums of these files: sha256sum -c SHA256SUMS\n\
+         \n\
+         Below, the stick is mounted at {usb}; use your mount point.\n\
+         \n\
+         On every node, as root, first:\n\
+         \n\
+         \x20 install -m 0755 {usb}/airgap /usr/local/bin/airgap\n\
+         \x20 airgap bundle verify {usb}/{bundle} --key {usb}/{key}\n\
+         \n\
+         On the server (here 192.168.40.160; use its address):\n\
+         \n\
+         \x20 airgap install --offline {usb}/{bundle} --key {usb}/{key} --role server\n\
+         \x20 airgap token --out {usb}/node-token --server https://192.168.40.160:6443\n\
+         \n\
+         `airgap token --out` writes the join token to the stick for the agents\n\
+         (on FAT its 0600 mode is not kept: the token is a secret, delete it from\n\
+         the stick once every node has joined).\n\
+         \n\
+         On each agent:\n\
+         \n\
+         \x20 airgap install --offline {usb}/{bundle} --key {usb}/{key} --role agent \\\n\
+         \x20     --server https://192.168.40.160:6443 --token-file {usb}/node-token\n\
+         \x20 airgap status\n\
+         \n\
+         More servers (HA): install the first one with --cluster-init, then the\n\
+         others with --role server and the same --server and --token-file as an\n\
+         agent. `airgap install --help` lists every option.\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fat_sticks_get_parts() {
+        assert_eq!(part_size("msdos", None).unwrap(), Some(FAT_MAX_FILE));
+        assert_eq!(part_size("vfat", Some(1 << 20)).unwrap(), Some(1 << 20));
+        assert!(part_size("msdos", Some(4 << 30)).is_err());
+        assert_eq!(part_size("ext2/ext3", None).unwrap(), None);
+        assert_eq!(part_size("exfat", Some(4096)).unwrap(), Some(4096));
+        let here = file_system_type(Path::new(".")).unwrap();
+        assert!(!here.is_empty());
+    }
+
+    #[test]
+    fn readme_names_the_bundle_and_key() {
+        let parts = vec!["b.tar.zst.part000".to_string(), "b.tar.zst.part001".into()];
+        let text = readme("b.tar.zst", &parts, "site.pub", "ABCD");
+        assert!(text.contains("--offline /media/usb/b.tar.zst --key /media/usb/site.pub"));
+        assert!(text.contains("b.tar.zst.part000 .. b.tar.zst.part001"));
+        assert!(text.contains("airgap token --out /media/usb/node-token"));
+        assert!(readme("b.tar.zst", &[], "k.pub", "AB").contains("  b.tar.zst\n"));
+    }
+}
