@@ -282,6 +282,10 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
     let header = read_header(open_bundle(&opts.bundle)?, &trust()?)
         .with_context(|| format!("bundle {} is not valid", opts.bundle.display()))?;
     let meta = &header.meta;
+    // One install at a time per root, from before the previous record is
+    // read: a second install that read it before the first finished would
+    // plan from a stale record (and forget the directories the first made).
+    let _lock = crate::lock::InstallLock::acquire(&root)?;
     let previous = InstallRecord::load(&root)?;
     let report = preflight::run(&PreflightInput {
         root: &root,
@@ -343,7 +347,6 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         }
     }
 
-    let _lock = crate::lock::InstallLock::acquire(&root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,0 +1,228 @@
+//! Real faults during `airgap install`: SIGKILL at many points of a run,
+//! each followed by the same install run again, which must complete and
+//! leave exactly what a clean install leaves; and two installs on one root
+//! at once, where the second waits for the first and never interleaves.
+//! k3s is the `k3s-standin` TEST DOUBLE; installs use `--no-start`, so the
+//! comparison is of what the installer writes.
+
+mod support;
+
+use airgap_testbed::containerd::Containerd;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::install::*;
+use support::{assert_ok, run, stderr, stdout};
+
+const RECORD: &str = "var/lib/rancher/k3s/airgap/install.json";
+const JOURNAL: &str = "var/lib/rancher/k3s/airgap/install.journal";
+/// Kill points tried, spread over one install's run time.
+const SCHEDULE: usize = 30;
+/// Of which at least this many must land while the install runs.
+const KILL_POINTS: usize = 20;
+
+/// `--no-start` server arguments against `cd`.
+fn args_for(cd: &Containerd, port: u16) -> Vec<String> {
+    let mut a = strings(&["--role", "server", "--init", "none", "--no-start"]);
+    a.extend(strings(&[
+        "--containerd-socket",
+        cd.socket().to_str().unwrap(),
+    ]));
+    a.extend(port_args(port));
+    a
+}
+
+/// What an install leaves, in a form two installs can be compared by: the
+/// root's files without mtimes (install.json without the socket), the
+/// images with their labels, and the content digests.
+#[derive(Debug, PartialEq)]
+struct EndState {
+    files: BTreeMap<String, Node>,
+    record: serde_json::Value,
+    images: BTreeMap<String, ListedImage>,
+    content: BTreeSet<String>,
+}
+
+fn end_state(root: &Path, cd: &Containerd) -> EndState {
+    let files = tree(root)
+        .into_iter()
+        .filter(|(k, _)| k != RECORD)
+        .map(|(k, v)| (k, v.timeless()))
+        .collect();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join(RECORD)).unwrap()).unwrap();
+    record.as_object_mut().unwrap().remove("containerd_socket");
+    EndState {
+        files,
+        record,
+        images: images(cd),
+        content: content(cd).into_keys().collect(),
+    }
+}
+
+#[track_caller]
+fn assert_same_state(clean: &EndState, got: &EndState, what: &str) {
+    assert_same_tree(&clean.files, &got.files, what);
+    assert_eq!(clean.record, got.record, "{what}: install.json");
+    assert_eq!(clean.images, got.images, "{what}: images");
+    assert_eq!(clean.content, got.content, "{what}: content");
+}
+
+#[test]
+fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
+    let bed = InstallBed::start();
+    // A clean install, timed: the kill points are spread over its run.
+    let clean_args = args_for(&bed.cd, bed.port);
+    let started = Instant::now();
+    let out = bed.install(&clean_args);
+    let run_time = started.elapsed();
+    assert_ok(&out, "a clean install");
+    let clean = end_state(bed.root(), &bed.cd);
+    assert!(
+        !clean.images.is_empty() && !clean.files.is_empty(),
+        "{clean:?}"
+    );
+    eprintln!("a clean install takes {run_time:?}");
+
+    let mut mid_run = 0;
+    let mut delays = Vec::new();
+    for point in 0..SCHEDULE {
+        // Increasing delays from just after the start to past the clean
+        // run's time (a loaded machine runs slower): the later points land
+        // in publishing, the record and the generated files.
+        let fraction = 0.02 + 1.28 * point as f64 / (SCHEDULE - 1) as f64;
+        let delay = run_time.mul_f64(fraction);
+        let cd = Containerd::start().expect("a containerd for this kill point");
+        let root = tempdir("airgap-root-killed-");
+        let args = args_for(&cd, bed.port);
+        let log = root.path().with_extension("log");
+        let mut child = KillOnDrop(
+            bed.install_cmd(&bed.bundle, root.path(), &args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(delay);
+        if child.0.try_wait().unwrap().is_some() {
+            eprintln!("kill at {delay:?}: the install had already ended; not counted");
+            let _ = std::fs::remove_file(&log);
+            continue;
+        }
+        child.0.kill().unwrap(); // SIGKILL
+        child.0.wait().unwrap();
+        let _ = std::fs::remove_file(&log);
+        let leases_at_kill = leases(&cd);
+        let partial: Vec<String> = tree(root.path())
+            .into_keys()
+            .filter(|k| k.ends_with(".partial"))
+            .collect();
+        eprintln!(
+            "kill {} at {delay:?}: {} blobs, {} images, leases {leases_at_kill:?}, {} staged files, record {}",
+            mid_run + 1,
+            content(&cd).len(),
+            images(&cd).len(),
+            partial.len(),
+            root.path().join(RECORD).exists(),
+        );
+        delays.push(delay);
+
+        let out = run(&mut bed.install_cmd(&bed.bundle, root.path(), &args));
+        assert_ok(
+            &out,
+            &format!("the install run again after a kill at {delay:?}"),
+        );
+        let what = format!("rerun after a kill at {delay:?}");
+        assert_same_state(&clean, &end_state(root.path(), &cd), &what);
+        let left: Vec<String> = tree(root.path())
+            .into_keys()
+            .filter(|k| k.ends_with(".partial") || k == JOURNAL)
+            .collect();
+        assert!(left.is_empty(), "{what}: left {left:?}");
+        // The killed run's lease expires by itself; the rerun leaves none.
+        let new_leases: Vec<String> = leases(&cd)
+            .into_iter()
+            .filter(|l| !leases_at_kill.contains(l))
+            .collect();
+        assert!(new_leases.is_empty(), "{what}: leases {new_leases:?}");
+        for row in rows(&ctr(&cd, &["-n", "k8s.io", "leases", "ls"])) {
+            assert!(
+                row.join(" ").contains("containerd.io/gc.expire="),
+                "{what}: a lease that never expires: {row:?}"
+            );
+        }
+        mid_run += 1;
+    }
+    eprintln!(
+        "kill points mid-run: {mid_run} of {SCHEDULE} ({:?} .. {:?}); every rerun matched a clean install",
+        delays.first().unwrap(),
+        delays.last().unwrap()
+    );
+    assert!(
+        mid_run >= KILL_POINTS,
+        "only {mid_run} of {SCHEDULE} kills landed mid-run"
+    );
+}
+
+#[test]
+fn two_installs_on_one_root_run_one_after_the_other() {
+    let bed = InstallBed::start();
+    let args = args_for(&bed.cd, bed.port);
+    let first_log = bed.scratch.path().join("first.log");
+    let mut first = KillOnDrop(
+        bed.install_cmd(&bed.bundle, bed.root(), &args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&first_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // The first holds the lock once it writes content.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while content(&bed.cd).is_empty() {
+        assert!(
+            first.0.try_wait().unwrap().is_none(),
+            "the first install ended before it wrote content:\n{}",
+            std::fs::read_to_string(&first_log).unwrap_or_default()
+        );
+        assert!(Instant::now() < deadline, "no content after 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut second_args = args.clone();
+    second_args.insert(0, "--json".into());
+    let second = bed
+        .install_cmd(&bed.bundle, bed.root(), &second_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second_done = std::thread::spawn(move || {
+        let out = second.wait_with_output().unwrap();
+        (out, Instant::now())
+    });
+    let status = first.0.wait().unwrap();
+    let first_end = Instant::now();
+    assert!(
+        status.success(),
+        "the first install failed:\n{}",
+        std::fs::read_to_string(&first_log).unwrap_or_default()
+    );
+    let (out, second_end) = second_done.join().unwrap();
+    assert_ok(&out, "the second install");
+    assert!(second_end >= first_end);
+    let err = stderr(&out);
+    assert!(
+        err.contains("another airgap install is running") && err.contains("waiting"),
+        "the second install did not say it waited:\n{err}"
+    );
+    // It ran only after the first finished: it found everything in place.
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["changed"], false, "{report:#}");
+    assert_eq!(report["files_written"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["images"]["blobs_written"], 0, "{report:#}");
+    assert!(leases(&bed.cd).is_empty(), "{:?}", leases(&bed.cd));
+    eprintln!("the second install waited: {}", err.trim());
+}
