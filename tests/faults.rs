@@ -18,9 +18,32 @@ use support::{assert_ok, run, stderr, stdout};
 const RECORD: &str = "var/lib/rancher/k3s/airgap/install.json";
 const JOURNAL: &str = "var/lib/rancher/k3s/airgap/install.journal";
 /// Kill points tried, spread over one install's run time.
-const SCHEDULE: usize = 30;
-/// Of which at least this many must land while the install runs.
+const SCHEDULE: usize = 36;
+/// Of which (with the [`PUBLISHED`] ones) at least this many must land
+/// while the install runs.
 const KILL_POINTS: usize = 20;
+/// Files whose appearance is a kill point: a staged file renamed into
+/// place, then generated files, in the order the installer writes them.
+const PUBLISHED: &[&str] = &[
+    "usr/local/bin/k3s",
+    "etc/rancher/k3s/config.yaml",
+    "etc/rancher/k3s/registries.yaml",
+    "etc/sysctl.d/90-k3s-airgap.conf",
+];
+
+enum Trigger {
+    After(Duration),
+    WhenExists(&'static str),
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::After(d) => write!(f, "{d:?}"),
+            Trigger::WhenExists(p) => write!(f, "the appearance of {p}"),
+        }
+    }
+}
 
 /// `--no-start` server arguments against `cd`.
 fn args_for(cd: &Containerd, port: u16) -> Vec<String> {
@@ -87,12 +110,19 @@ fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
 
     let mut mid_run = 0;
     let mut delays = Vec::new();
-    for point in 0..SCHEDULE {
-        // Increasing delays from just after the start to past the clean
-        // run's time (a loaded machine runs slower): the later points land
-        // in publishing, the record and the generated files.
-        let fraction = 0.02 + 1.28 * point as f64 / (SCHEDULE - 1) as f64;
-        let delay = run_time.mul_f64(fraction);
+    // Increasing delays from just after the start to past the clean run's
+    // time (a loaded machine runs slower); then, since publishing takes only
+    // milliseconds, kills the moment a published or generated file appears.
+    let mut triggers: Vec<Trigger> = (0..SCHEDULE)
+        .map(|point| {
+            let fraction = 0.02 + 1.18 * point as f64 / (SCHEDULE - 1) as f64;
+            Trigger::After(run_time.mul_f64(fraction))
+        })
+        .collect();
+    triggers.extend(PUBLISHED.iter().map(|p| Trigger::WhenExists(p)));
+    let total = triggers.len();
+    for trigger in triggers {
+        let delay = trigger.to_string();
         let cd = Containerd::start().expect("a containerd for this kill point");
         let root = tempdir("airgap-root-killed-");
         let args = args_for(&cd, bed.port);
@@ -105,9 +135,20 @@ fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
                 .spawn()
                 .unwrap(),
         );
-        std::thread::sleep(delay);
+        match trigger {
+            Trigger::After(d) => std::thread::sleep(d),
+            Trigger::WhenExists(rel) => {
+                let deadline = Instant::now() + run_time * 3;
+                while !root.path().join(rel).exists()
+                    && Instant::now() < deadline
+                    && child.0.try_wait().unwrap().is_none()
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
         if child.0.try_wait().unwrap().is_some() {
-            eprintln!("kill at {delay:?}: the install had already ended; not counted");
+            eprintln!("kill at {delay}: the install had already ended; not counted");
             let _ = std::fs::remove_file(&log);
             continue;
         }
@@ -120,21 +161,21 @@ fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
             .filter(|k| k.ends_with(".partial"))
             .collect();
         eprintln!(
-            "kill {} at {delay:?}: {} blobs, {} images, leases {leases_at_kill:?}, {} staged files, record {}",
+            "kill {} at {delay}: {} blobs, {} images, leases {leases_at_kill:?}, {} staged files, record {}",
             mid_run + 1,
             content(&cd).len(),
             images(&cd).len(),
             partial.len(),
             root.path().join(RECORD).exists(),
         );
-        delays.push(delay);
+        delays.push(delay.clone());
 
         let out = run(&mut bed.install_cmd(&bed.bundle, root.path(), &args));
         assert_ok(
             &out,
-            &format!("the install run again after a kill at {delay:?}"),
+            &format!("the install run again after a kill at {delay}"),
         );
-        let what = format!("rerun after a kill at {delay:?}");
+        let what = format!("rerun after a kill at {delay}");
         assert_same_state(&clean, &end_state(root.path(), &cd), &what);
         let left: Vec<String> = tree(root.path())
             .into_keys()
@@ -156,13 +197,13 @@ fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
         mid_run += 1;
     }
     eprintln!(
-        "kill points mid-run: {mid_run} of {SCHEDULE} ({:?} .. {:?}); every rerun matched a clean install",
+        "kill points mid-run: {mid_run} of {total} ({} .. {}); every rerun matched a clean install",
         delays.first().unwrap(),
         delays.last().unwrap()
     );
     assert!(
         mid_run >= KILL_POINTS,
-        "only {mid_run} of {SCHEDULE} kills landed mid-run"
+        "only {mid_run} of {total} kills landed mid-run"
     );
 }
 

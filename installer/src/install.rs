@@ -295,7 +295,9 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         bytes_needed: bytes_needed(meta, opts.runtime, arch),
         https_port: https_port(&opts.extra_args),
         skip: &opts.skip_preflight,
-        reinstall: previous.is_some(),
+        // A run killed after it published k3s but before it wrote the
+        // record left its journal: that k3s is airgap's own, not another's.
+        reinstall: previous.is_some() || root.path(layout::INSTALL_JOURNAL).exists(),
     });
     let socket = match (opts.runtime, &opts.containerd_socket) {
         (_, Some(s)) => s.clone(),
