@@ -189,6 +189,27 @@ struct BuildArgs {
     /// Talk plain HTTP to this registry host (a local registry) (repeatable).
     #[arg(long, value_name = "HOST")]
     insecure_registry: Vec<String>,
+    /// Credentials for a registry host (as contacted, e.g. a mirror's): the
+    /// password is the first line of PASSFILE (repeatable). Without it, the
+    /// docker config ($DOCKER_CONFIG/config.json, ~/.docker/config.json) is used.
+    #[arg(long, value_name = "HOST=USER:PASSFILE")]
+    registry_auth: Vec<String>,
+    /// Also trust this CA (PEM) for registries over HTTPS (repeatable).
+    #[arg(long, value_name = "FILE")]
+    registry_ca: Vec<PathBuf>,
+    /// How the release server lays out a version's files: github
+    /// (<URL>/<version>/<asset>) or cn, the mirror many users in China use
+    /// (<URL>/k3s/<version with + as ->/<asset>, e.g. https://rancher-mirror.rancher.cn).
+    #[arg(long, value_enum, default_value_t = ReleaseLayoutArg::Github)]
+    release_layout: ReleaseLayoutArg,
+    /// Download cache: blobs and release assets, each verified again before
+    /// use. Default: $XDG_CACHE_HOME/airgap, else ~/.cache/airgap.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache: Option<PathBuf>,
+    /// Use no persistent cache: download everything into the build's
+    /// staging directory.
+    #[arg(long)]
+    no_cache: bool,
     /// Compression of the bundle.
     #[arg(long, value_enum, default_value_t = CompressArg::Zstd)]
     compress: CompressArg,
@@ -315,6 +336,12 @@ enum InitArg {
     Systemd,
     Openrc,
     None,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ReleaseLayoutArg {
+    Github,
+    Cn,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -580,11 +607,30 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         release: ReleaseSource {
             base_url: args.release_url.clone(),
             install_sh_url: args.install_sh_url.clone(),
+            layout: match args.release_layout {
+                ReleaseLayoutArg::Github => airgap_bundler::release::ReleaseLayout::Github,
+                ReleaseLayoutArg::Cn => airgap_bundler::release::ReleaseLayout::Cn,
+            },
         },
         registry: RegistryConfig {
             mirrors,
             insecure: args.insecure_registry.clone(),
             jobs: args.jobs as usize,
+            credentials: airgap_bundler::auth::Credentials::load(
+                &args.registry_auth,
+                airgap_bundler::auth::docker_config_dir().as_deref(),
+            )?,
+            ca_files: args.registry_ca.clone(),
+        },
+        cache: if args.no_cache {
+            None
+        } else {
+            Some(
+                args.cache
+                    .clone()
+                    .or_else(airgap_bundler::cache::default_dir)
+                    .context("no cache directory: set XDG_CACHE_HOME or HOME, or pass --cache DIR or --no-cache")?,
+            )
         },
         compression: match args.compress {
             CompressArg::None => Compression::None,

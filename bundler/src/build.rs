@@ -53,6 +53,9 @@ pub struct BuildOptions {
     pub lock_path: PathBuf,
     /// Fixed build time (`SOURCE_DATE_EPOCH`) for reproducible bundles.
     pub source_date_epoch: Option<u64>,
+    /// The download cache ([`crate::cache`]); `None`: a fresh one in the
+    /// staging directory, dropped with it.
+    pub cache: Option<PathBuf>,
 }
 
 /// What a finished build reports (`--json` prints it).
@@ -136,6 +139,11 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
         .tempdir_in(&out_dir)
         .with_context(|| format!("creating a staging directory in {}", out_dir.display()))?;
     let staging_root = staging.path();
+    let cache_dir = match &opts.cache {
+        Some(dir) => dir.clone(),
+        None => staging_root.join("cache"),
+    };
+    let store = crate::cache::open(&cache_dir)?;
 
     // Fetch the release assets of every architecture.
     let client = release::http_client()?;
@@ -143,11 +151,10 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
     let mut binaries = Vec::new();
     let mut install_sh: Option<PathBuf> = None;
     for arch in &opts.arches {
-        let dir = staging_root.join("bin").join(arch);
-        std::fs::create_dir_all(&dir)?;
-        let assets = release::fetch_release(&client, &opts.release, &version, arch, &dir, progress)
-            .await
-            .with_context(|| format!("fetching k3s {version} for {arch}"))?;
+        let assets =
+            release::fetch_release(&client, &opts.release, &version, arch, &store, progress)
+                .await
+                .with_context(|| format!("fetching k3s {version} for {arch}"))?;
         for image in &assets.images {
             if !k3s_images.contains(image) {
                 k3s_images.push(image.clone());
@@ -161,7 +168,6 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
 
     // Pull every wanted image, pinned ones by digest.
     let wanted = imageset::wanted_images(&lock, &manifest_images, &k3s_images)?;
-    let store = BlobStore::open(staging_root.join("images"))?;
     let puller = Puller::new(opts.registry.clone())?;
     let requests: Vec<(ImageRef, ImageRef)> = wanted
         .keys()
@@ -457,7 +463,8 @@ fn assemble(inp: AssembleInputs<'_>) -> anyhow::Result<Staged> {
         });
         index_entries.push((image.reference.to_string(), image.top.clone()));
     }
-    let layout_dir = inp.store.root();
+    let layout_dir = inp.staging_root.join("images");
+    std::fs::create_dir_all(&layout_dir)?;
     let oci_layout = layout_dir.join("oci-layout");
     std::fs::write(&oci_layout, oci::OCI_LAYOUT_FILE)?;
     let index_json = layout_dir.join("index.json");

@@ -1,7 +1,9 @@
 //! The connected side: resolve what a bundle needs, fetch it verified, and
 //! assemble the signed bundle.
 #![forbid(unsafe_code)]
+pub mod auth;
 pub mod build;
+pub mod cache;
 pub mod imageset;
 pub mod progress;
 pub mod registry;

@@ -7,11 +7,17 @@
 //! blobs stream through [`BlobWriter`](crate::store::BlobWriter) and are
 //! published only once verified. The HTTP work is oci-client's (auth, token
 //! exchange, redirects); the decisions (which platform, what to keep, what
-//! to check) are made here.
+//! to check, when to retry) are made here.
+//!
+//! What the store (the cache) already has is not fetched: a manifest pinned
+//! by digest, a blob, each hashed again first. A blob download that breaks
+//! off is kept and resumed with a Range request; 5xx, 429 and broken
+//! connections are retried a few times with backoff.
 
+use crate::auth::Credentials;
 use crate::progress::Progress;
 use crate::release::{error_chain, install_tls_provider, USER_AGENT};
-use crate::store::{BlobStore, Claim};
+use crate::store::{BlobStore, BlobWriter, Claim};
 use airgap_bundle::digest::{Digest, DigestMismatch, Hashed};
 use airgap_bundle::oci::{
     is_manifest, AnyManifest, Descriptor, Manifest, Platform, MANIFEST_MEDIA_TYPES,
@@ -20,17 +26,25 @@ use airgap_bundle::oci::{
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
+};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Largest image config read to learn a single-platform image's platform.
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Tries of one request when the registry answers 5xx or 429 or the
+/// connection breaks; the waits between them double from [`FIRST_BACKOFF`]
+/// (0.2 s, 0.4 s, 0.8 s, 1.6 s).
+const ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Where images are pulled from and how hard.
 #[derive(Debug, Clone)]
@@ -43,6 +57,10 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     /// Manifests and blobs fetched at once, over all images.
     pub jobs: usize,
+    /// Credentials per host contacted; anonymous where there are none.
+    pub credentials: Credentials,
+    /// PEM files of extra CAs to trust (a registry with a private CA).
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -51,6 +69,8 @@ impl Default for RegistryConfig {
             mirrors: Vec::new(),
             insecure: Vec::new(),
             jobs: 4,
+            credentials: Credentials::default(),
+            ca_files: Vec::new(),
         }
     }
 }
@@ -108,6 +128,7 @@ pub struct Puller {
     plain_http: HashSet<String>,
     permits: Arc<Semaphore>,
     jobs: usize,
+    credentials: Credentials,
 }
 
 impl Puller {
@@ -130,7 +151,20 @@ impl Puller {
             }
         }
         let jobs = config.jobs.max(1);
+        let mut extra_root_certificates = Vec::new();
+        for file in &config.ca_files {
+            let data = std::fs::read(file)
+                .with_context(|| format!("reading registry CA {}", file.display()))?;
+            if !String::from_utf8_lossy(&data).contains("-----BEGIN CERTIFICATE-----") {
+                bail!("registry CA {}: not a PEM certificate", file.display());
+            }
+            extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
         let client_config = ClientConfig {
+            extra_root_certificates,
             protocol: ClientProtocol::HttpsExcept(plain_http.iter().cloned().collect()),
             // Indexes are resolved here, for every wanted platform.
             platform_resolver: None,
@@ -148,6 +182,7 @@ impl Puller {
             plain_http,
             permits: Arc::new(Semaphore::new(jobs)),
             jobs,
+            credentials: config.credentials,
         })
     }
 
@@ -329,13 +364,32 @@ impl Job<'_> {
                 bail!("{size} bytes is more than the {MAX_MANIFEST_BYTES} a manifest may have");
             }
         }
+        if let Some((digest, size)) = expected {
+            // Pinned and in the cache: no request at all.
+            if let Some(found) = self.store.verify_present(&digest).await? {
+                if size.is_none_or(|s| s == found) && found <= MAX_MANIFEST_BYTES {
+                    return Ok(std::fs::read(self.store.path(&digest))?);
+                }
+            }
+        }
         let _permit = self.puller.permits.acquire().await?;
-        let (bytes, _) = self
-            .puller
-            .client
-            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|e| self.describe(e))?;
+        let auth = self.auth();
+        let mut attempt = 0;
+        let bytes = loop {
+            attempt += 1;
+            let result = self
+                .puller
+                .client
+                .pull_manifest_raw(reference, &auth, MANIFEST_MEDIA_TYPES)
+                .await;
+            match result {
+                Ok((bytes, _)) => break bytes,
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                    self.backoff(attempt, &self.describe(e)).await
+                }
+                Err(e) => return Err(self.give_up(attempt, self.describe(e))),
+            }
+        };
         // oci-client has read the body whole by now; still refuse to keep
         // or parse an oversized one.
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
@@ -401,42 +455,126 @@ impl Job<'_> {
                 Claim::Fetch(lease) => break lease,
             }
         };
+        if lease.reuse().await? {
+            // In the cache from an earlier run, and still matching.
+            drop(lease);
+            self.report_present(desc, false);
+            return Ok(());
+        }
         let _permit = self.puller.permits.acquire().await?;
         // After a failed fetch by another image this one takes over, and
         // its image bar counts the blob twice; the run is failing anyway.
         p.blob_started(self.image, &desc.digest, desc.size, false);
-        let mut writer = lease.begin()?;
-        let digest = desc.digest.to_string();
-        let mut stream = self
-            .puller
-            .client
-            .pull_blob_stream(&self.source, digest.as_str())
-            .await
-            .map_err(|e| self.describe(e))?;
-        if let Some(length) = stream.content_length.filter(|&l| l != desc.size) {
-            return Err(DigestMismatch::Size {
-                what: desc.digest.blob_path(),
-                expected: desc.size,
-                found: length,
-            }
-            .into());
-        }
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    writer.write(&bytes).await?;
-                    p.blob_advanced(self.image, bytes.len() as u64);
-                }
-                // oci-client's own check at the end of the stream: the
-                // writer has seen every byte and gives the typed error.
-                Err(e) if e.get_ref().is_some_and(|inner| inner.is::<DigestError>()) => break,
-                Err(e) => bail!("reading from {}: {}", self.host, error_chain(&e)),
+        let mut writer = lease.resume().await?;
+        p.blob_advanced(self.image, writer.written());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.download(desc, &mut writer).await {
+                Ok(()) => break,
+                Err(Failed::Retry(e)) if attempt < ATTEMPTS => self.backoff(attempt, &e).await,
+                Err(Failed::Retry(e)) => return Err(self.give_up(attempt, e)),
+                Err(Failed::Fatal(e)) => return Err(e),
             }
         }
         writer.commit().await?;
         drop(lease);
         p.blob_done(self.image, &desc.digest, desc.size, false);
         Ok(())
+    }
+
+    /// One request for the rest of a blob: from where `writer` stands, with
+    /// a Range request when it already holds some.
+    async fn download(&self, desc: &Descriptor, writer: &mut BlobWriter) -> Result<(), Failed> {
+        let p = self.progress;
+        let digest = desc.digest.to_string();
+        let offset = writer.written();
+        let client = &self.puller.client;
+        let fail = |e: OciDistributionError| {
+            if retryable(&e) {
+                Failed::Retry(self.describe(e))
+            } else {
+                Failed::Fatal(self.describe(e))
+            }
+        };
+        let mut stream: SizedStream = if offset == 0 || offset >= desc.size {
+            if offset > 0 {
+                writer.restart().await.map_err(Failed::Fatal)?;
+            }
+            client
+                .pull_blob_stream(&self.source, digest.as_str())
+                .await
+                .map_err(fail)?
+        } else {
+            match client
+                .pull_blob_stream_partial(&self.source, digest.as_str(), offset, None)
+                .await
+                .map_err(fail)?
+            {
+                BlobResponse::Partial(stream) => stream,
+                BlobResponse::Full(stream) => {
+                    // The registry ignored the range: start over.
+                    writer.restart().await.map_err(Failed::Fatal)?;
+                    stream
+                }
+            }
+        };
+        let expected = desc.size - writer.written();
+        if let Some(length) = stream.content_length.filter(|&l| l != expected) {
+            return Err(Failed::Fatal(
+                DigestMismatch::Size {
+                    what: desc.digest.blob_path(),
+                    expected: desc.size,
+                    found: length + writer.written(),
+                }
+                .into(),
+            ));
+        }
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    writer.write(&bytes).await.map_err(Failed::Fatal)?;
+                    p.blob_advanced(self.image, bytes.len() as u64);
+                }
+                // oci-client's own check at the end of a whole stream: the
+                // writer has seen every byte and gives the typed error.
+                Err(e) if e.get_ref().is_some_and(|inner| inner.is::<DigestError>()) => break,
+                Err(e) => {
+                    return Err(Failed::Retry(anyhow!(
+                        "reading from {} after {} of {} bytes: {}",
+                        self.host,
+                        writer.written(),
+                        desc.size,
+                        error_chain(&e)
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The credentials for the host contacted.
+    fn auth(&self) -> RegistryAuth {
+        self.puller.credentials.for_host(&self.host)
+    }
+
+    /// Waits before try `attempt + 1`, saying why.
+    async fn backoff(&self, attempt: u32, why: &anyhow::Error) {
+        let wait = FIRST_BACKOFF * 2u32.pow(attempt - 1);
+        tracing::warn!(
+            "{} from {}: {why:#}; retrying in {wait:?}",
+            self.image,
+            self.host
+        );
+        tokio::time::sleep(wait).await;
+    }
+
+    fn give_up(&self, attempts: u32, last: anyhow::Error) -> anyhow::Error {
+        if attempts > 1 {
+            last.context(format!("giving up after {attempts} attempts"))
+        } else {
+            last
+        }
     }
 
     /// The platform an image config declares.
@@ -470,7 +608,12 @@ impl Job<'_> {
                     let tls = ["tls", "certificate", "corrupt message", "handshake"]
                         .iter()
                         .any(|w| chain.to_lowercase().contains(w));
-                    let hint = if scheme == "https" && tls {
+                    let hint = if scheme == "https" && is_certificate_error(&chain) {
+                        format!(
+                            " (if {host}'s certificate is issued by a private CA, \
+                             pass --registry-ca CA.pem)"
+                        )
+                    } else if scheme == "https" && tls {
                         format!(" (if {host} serves plain HTTP, pass --insecure-registry {host})")
                     } else {
                         String::new()
@@ -504,7 +647,8 @@ impl Job<'_> {
                     anyhow!("not found on {host}: {detail} (GET {url})")
                 } else if denied {
                     anyhow!(
-                        "access denied by {host} (airgap pulls anonymously): {detail} (GET {url})"
+                        "access denied by {host}{}: {detail} (GET {url})",
+                        self.who()
                     )
                 } else {
                     anyhow!("{host} refused: {detail} (GET {url})")
@@ -521,13 +665,76 @@ impl Job<'_> {
                 }
             }
             OciDistributionError::UnauthorizedError { url } => {
+                if self.puller.credentials.has(host) {
+                    anyhow!(
+                        "{host} refused the credentials{} (HTTP 401 for GET {url})",
+                        self.who()
+                    )
+                } else {
+                    anyhow!(
+                        "{host} wants credentials (HTTP 401 for GET {url}); none given for it \
+                         (--registry-auth {host}=USER:PASSFILE, or docker login)"
+                    )
+                }
+            }
+            OciDistributionError::AuthenticationFailure(reason) => {
+                let reason: String = reason.trim().chars().take(200).collect();
                 anyhow!(
-                    "{host} wants credentials (HTTP 401 for GET {url}); airgap pulls anonymously"
+                    "{host}'s token service refused the credentials{}: {reason}",
+                    self.who()
                 )
             }
             other => anyhow!("{}", error_chain(&other)),
         }
     }
+}
+
+impl Job<'_> {
+    /// ` (as USER, from SOURCE)` or ` (anonymously)`, for auth errors.
+    fn who(&self) -> String {
+        match self.puller.credentials.describe(&self.host) {
+            Some(who) => format!(" ({who})"),
+            None => " (anonymously)".to_string(),
+        }
+    }
+}
+
+/// Why one try of a download failed.
+enum Failed {
+    /// A broken connection, 5xx or 429: worth another try.
+    Retry(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+/// Whether a registry failure may go away on its own: 5xx, 429 (also as a
+/// TOOMANYREQUESTS error), a connection refused, reset or timed out.
+fn retryable(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
+        OciDistributionError::RequestError(e) => {
+            (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
+                && !is_certificate_error(&error_chain(e))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a connection failed on the server's certificate (which no retry
+/// changes).
+fn is_certificate_error(chain: &str) -> bool {
+    let chain = chain.to_lowercase();
+    [
+        "certificate",
+        "unknownissuer",
+        "unknown issuer",
+        "invalid peer",
+    ]
+    .iter()
+    .any(|w| chain.contains(w))
 }
 
 fn code_name(code: &OciErrorCode) -> String {
@@ -636,6 +843,26 @@ mod tests {
     }
 
     #[test]
+    fn retries_only_what_may_pass() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "http://r/v2/".into(),
+            message: String::new(),
+        };
+        assert!(retryable(&server(503)));
+        assert!(retryable(&server(500)));
+        assert!(retryable(&server(429)));
+        assert!(!retryable(&server(404)));
+        assert!(!retryable(&OciDistributionError::UnauthorizedError {
+            url: "http://r/v2/".into()
+        }));
+        assert!(is_certificate_error(
+            "invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!is_certificate_error("Connection refused"));
+    }
+
+    #[test]
     fn parses_mirrors() {
         assert_eq!(
             parse_mirror("docker.io=http://127.0.0.1:5000").unwrap(),
@@ -666,6 +893,7 @@ mod tests {
             mirrors: vec![("docker.io".into(), "http://127.0.0.1:5000".into())],
             insecure: vec!["10.0.0.1:5000".into()],
             jobs: 2,
+            ..RegistryConfig::default()
         })
         .unwrap();
         let hub: ImageRef = "kubeguide/redis-master".parse().unwrap();

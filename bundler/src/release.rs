@@ -6,14 +6,20 @@
 //! nothing is written at the final path. The checksum file itself, like
 //! `install.sh`, is trusted as served over the configured URL (HTTPS by
 //! default), and recorded by digest so the bundle pins what was used.
+//!
+//! Every file lands in the cache ([`crate::cache`]): by digest when the
+//! checksum file names it, else by URL. A file the cache has (and that still
+//! hashes right) is not fetched again, so with a warm cache a build works
+//! with the release server down, using the cached listings.
 
+use crate::cache;
 use crate::progress::Progress;
-use crate::store::BlobWriter;
+use crate::store::{BlobStore, BlobWriter};
 use airgap_bundle::digest::Digest;
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where GitHub serves k3s release assets.
@@ -93,13 +99,25 @@ pub fn k3s_asset_name(arch: &str) -> Result<&'static str> {
     }
 }
 
-/// Where a release's files are fetched from: GitHub's layout,
-/// `<base>/<version with + as %2B>/<asset>`, at GitHub or a mirror.
+/// How a release server lays out a version's files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReleaseLayout {
+    /// GitHub's: `<base>/<version with + as %2B>/<asset>`.
+    #[default]
+    Github,
+    /// The mirror many users in China use (rancher-mirror.rancher.cn):
+    /// `<base>/k3s/<version with + as ->/<asset>`.
+    Cn,
+}
+
+/// Where a release's files are fetched from: GitHub or a mirror, in one of
+/// the [`ReleaseLayout`]s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseSource {
     pub base_url: String,
     /// Overrides where `install.sh` comes from (it is not a release asset).
     pub install_sh_url: Option<String>,
+    pub layout: ReleaseLayout,
 }
 
 impl Default for ReleaseSource {
@@ -107,6 +125,7 @@ impl Default for ReleaseSource {
         Self {
             base_url: GITHUB_RELEASES.to_string(),
             install_sh_url: None,
+            layout: ReleaseLayout::Github,
         }
     }
 }
@@ -118,7 +137,14 @@ impl ReleaseSource {
 
     /// The URL of a release asset.
     pub fn asset_url(&self, version: &str, asset: &str) -> String {
-        format!("{}/{}/{asset}", self.base(), version.replace('+', "%2B"))
+        match self.layout {
+            ReleaseLayout::Github => {
+                format!("{}/{}/{asset}", self.base(), version.replace('+', "%2B"))
+            }
+            ReleaseLayout::Cn => {
+                format!("{}/k3s/{}/{asset}", self.base(), version.replace('+', "-"))
+            }
+        }
     }
 
     /// The URL of `install.sh`: the explicit one; GitHub's source tree at
@@ -204,33 +230,30 @@ pub fn parse_image_list(text: &str) -> Result<Vec<ImageRef>> {
         .collect()
 }
 
-/// Downloads the k3s release `version` for `arch` into `dir` (one directory
-/// per architecture: the file names are upstream's): the checksum list
-/// first, then `k3s-images.txt`, `install.sh` and the binary, each streamed
-/// to a temporary file and published only once verified.
+/// Fetches the k3s release `version` for `arch` into the cache `store`
+/// (unless it has them): the checksum list first, then `k3s-images.txt`,
+/// `install.sh` and the binary, each streamed to a temporary file and
+/// published only once verified. The assets' paths point into the cache.
 pub async fn fetch_release(
     client: &reqwest::Client,
     src: &ReleaseSource,
     version: &str,
     arch: &str,
-    dir: &Path,
+    store: &BlobStore,
     progress: &dyn Progress,
 ) -> Result<ReleaseAssets> {
     let version = resolve_version(version)?;
     let arch = if arch == "armhf" { "arm" } else { arch };
     let binary_name = k3s_asset_name(arch)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let fetch = |name: &str, url: String, expected: Option<Digest>, limit: Option<u64>| {
-        let mode = if name == binary_name { 0o755 } else { 0o644 };
         let target = Target {
             name: name.to_string(),
             url,
-            dest: dir.join(name),
+            dest: PathBuf::new(),
             expected,
             limit,
-            mode,
         };
-        download(client, target, progress)
+        fetch_cached(client, store, target, progress)
     };
 
     let sums_name = format!("sha256sum-{arch}.txt");
@@ -303,7 +326,50 @@ struct Target {
     expected: Option<Digest>,
     /// Most bytes accepted (for files read into memory afterwards).
     limit: Option<u64>,
-    mode: u32,
+}
+
+/// The file from the cache when it has it (by its expected digest, else by
+/// the digest its URL served last time), else downloaded into it.
+async fn fetch_cached(
+    client: &reqwest::Client,
+    store: &BlobStore,
+    mut target: Target,
+    progress: &dyn Progress,
+) -> Result<Asset> {
+    let known = target
+        .expected
+        .or_else(|| cache::lookup_url(store, &target.url));
+    if let Some(digest) = known {
+        if let Some(size) = store.verify_present(&digest).await? {
+            if target.limit.is_none_or(|limit| size <= limit) {
+                let name = target.name;
+                progress.asset_started(&name, Some(size));
+                progress.asset_advanced(&name, size);
+                progress.asset_done(&name, size);
+                return Ok(Asset {
+                    name,
+                    url: target.url,
+                    path: store.path(&digest),
+                    digest,
+                    size,
+                });
+            }
+        }
+    }
+    target.dest = match target.expected {
+        Some(digest) => store.path(&digest),
+        None => cache::download_path(store, &target.url)?,
+    };
+    let by_url = target.expected.is_none();
+    let mut asset = download(client, target, progress).await?;
+    if by_url {
+        let path = store.path(&asset.digest);
+        std::fs::rename(&asset.path, &path)
+            .with_context(|| format!("moving {} into the cache", asset.name))?;
+        cache::remember_url(store, &asset.url, &asset.digest)?;
+        asset.path = path;
+    }
+    Ok(asset)
 }
 
 /// Streams a file into place through a verifying temporary file.
@@ -318,7 +384,6 @@ async fn download(
         dest,
         expected,
         limit,
-        mode,
     } = target;
     let fail = |e: anyhow::Error| e.context(format!("downloading {name} from {url}"));
     let mut response = client
@@ -339,9 +404,8 @@ async fn download(
         }
     }
     // The file is checked against the digest only; name the URL in its errors.
-    let mut writer = BlobWriter::create(&dest, format!("{name} from {url}"), expected, None)
-        .map_err(fail)?
-        .with_mode(mode);
+    let mut writer =
+        BlobWriter::create(&dest, format!("{name} from {url}"), expected, None).map_err(fail)?;
     progress.asset_started(&name, length);
     while let Some(chunk) = response
         .chunk()
@@ -435,8 +499,21 @@ mod tests {
         );
         let local = ReleaseSource {
             base_url: "http://127.0.0.1:8080/releases/".into(),
-            install_sh_url: None,
+            ..ReleaseSource::default()
         };
+        let cn = ReleaseSource {
+            base_url: "https://rancher-mirror.rancher.cn/".into(),
+            layout: ReleaseLayout::Cn,
+            ..ReleaseSource::default()
+        };
+        assert_eq!(
+            cn.asset_url("v1.20.6+k3s1", "k3s"),
+            "https://rancher-mirror.rancher.cn/k3s/v1.20.6-k3s1/k3s"
+        );
+        assert_eq!(
+            cn.install_sh_url("v1.20.6+k3s1"),
+            "https://rancher-mirror.rancher.cn/k3s/v1.20.6-k3s1/install.sh"
+        );
         assert_eq!(
             local.install_sh_url("v1.20.6+k3s1"),
             "http://127.0.0.1:8080/releases/v1.20.6%2Bk3s1/install.sh"

@@ -1,10 +1,14 @@
 //! The blob store: a content-addressed directory `<root>/blobs/sha256/<hex>`
-//! that becomes the bundle's `images/` OCI layout.
+//! whose blobs become the bundle's `images/` OCI layout. Opened on the cache
+//! directory it persists between runs; interrupted downloads are kept in
+//! `<root>/partial/<hex>` to be resumed.
 //!
 //! A blob reaches its final path only through [`BlobWriter::commit`], which
 //! checks size and digest, fsyncs and renames a temporary file from the same
-//! directory; so every file at a final path was verified when it was written,
-//! and the store trusts it afterwards. Within one process a digest is fetched
+//! directory; so every file at a final path was verified when it was written.
+//! A file found there from an earlier run (or another process) is hashed
+//! again, once per run, before it is used ([`Lease::reuse`]), and removed if
+//! it no longer matches. Within one process a digest is fetched
 //! by one caller at a time ([`BlobStore::claim`]): the others wait and then
 //! find it present, which is how images sharing a layer download it once.
 
@@ -35,6 +39,8 @@ struct State {
     in_flight: HashMap<Digest, watch::Receiver<()>>,
     /// Digests already handed to a caller of this process as present.
     seen: HashSet<Digest>,
+    /// Digests whose file this process wrote or hashed and found matching.
+    verified: HashSet<Digest>,
 }
 
 /// What [`BlobStore::claim`] found.
@@ -43,7 +49,9 @@ pub enum Claim {
     /// reported it for another caller, whose progress counted its bytes.
     Present { shared: bool },
     /// The caller must fetch the blob: write it through [`Lease::begin`],
-    /// commit, then drop the lease. Others claiming it wait until then.
+    /// commit, then drop the lease. Others claiming it wait until then. A
+    /// file of the right size may be there from an earlier run: call
+    /// [`Lease::reuse`] first.
     Fetch(Lease),
     /// Another caller is fetching it: wait, then claim again (it is then
     /// present, or that fetch failed and the next claim may fetch it).
@@ -75,8 +83,10 @@ impl BlobStore {
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         let dir = root.join("blobs").join("sha256");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating blob store {}", dir.display()))?;
+        for d in [&dir, &root.join("partial")] {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("creating blob store {}", d.display()))?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
@@ -96,8 +106,13 @@ impl BlobStore {
         self.inner.dir.join(digest.hex())
     }
 
-    /// Whether the blob is stored with the expected size. Its content was
-    /// verified when it was committed.
+    /// Where an interrupted download of `digest` is kept.
+    pub fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.inner.root.join("partial").join(digest.hex())
+    }
+
+    /// Whether the blob is stored with the expected size (not whether its
+    /// content still matches: see [`verify_present`](Self::verify_present)).
     pub fn contains(&self, digest: &Digest, size: u64) -> bool {
         std::fs::metadata(self.path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
@@ -114,12 +129,13 @@ impl BlobStore {
     /// Starts writing the blob `digest` of `size` bytes, without the
     /// in-flight bookkeeping of [`claim`](Self::claim).
     pub fn begin(&self, digest: &Digest, size: u64) -> Result<BlobWriter> {
-        BlobWriter::create(
+        Ok(BlobWriter::create(
             &self.path(digest),
             digest.blob_path(),
             Some(*digest),
             Some(size),
-        )
+        )?
+        .for_store(self))
     }
 
     /// Finds the blob present, or makes the caller its one fetcher, or
@@ -129,7 +145,7 @@ impl BlobStore {
         if let Some(rx) = state.in_flight.get(digest) {
             return Claim::Wait(Waiter(rx.clone()));
         }
-        if self.contains(digest, size) {
+        if self.contains(digest, size) && state.verified.contains(digest) {
             let shared = !state.seen.insert(*digest);
             return Claim::Present { shared };
         }
@@ -141,6 +157,46 @@ impl BlobStore {
             size,
             _done: tx,
         })
+    }
+
+    /// Whether the blob `digest` is stored and still hashes to its digest
+    /// (checked once per run); returns its size. A file that no longer
+    /// matches is removed, so that it is fetched again.
+    pub async fn verify_present(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.path(digest);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return Ok(None);
+        };
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        if self.state().verified.contains(digest) {
+            return Ok(Some(meta.len()));
+        }
+        let p = path.clone();
+        let hashed = tokio::task::spawn_blocking(move || airgap_bundle::digest::hash_file(&p))
+            .await
+            .context("hashing a cached blob")?;
+        match hashed {
+            Ok(h) if h.digest == *digest => {
+                self.state().verified.insert(*digest);
+                Ok(Some(h.size))
+            }
+            Ok(h) => {
+                tracing::warn!(
+                    "cached {} hashes to {}; fetching it again",
+                    path.display(),
+                    h.digest
+                );
+                match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(None),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
     }
 
     /// Like [`try_claim`](Self::try_claim), but waits out another caller's
@@ -163,6 +219,9 @@ impl BlobStore {
             Claim::Present { shared } => Ok(shared),
             Claim::Wait(_) => unreachable!("claim waits"),
             Claim::Fetch(lease) => {
+                if lease.reuse().await? {
+                    return Ok(false);
+                }
                 let mut writer = lease.begin()?;
                 writer.write(bytes).await?;
                 writer.commit().await?;
@@ -182,14 +241,39 @@ impl Lease {
     pub fn begin(&self) -> Result<BlobWriter> {
         self.store.begin(&self.digest, self.size)
     }
+
+    /// Whether the blob is already stored (from an earlier run, or by
+    /// another process) with its size and digest; the caller then uses it
+    /// instead of fetching. A mismatching file is removed.
+    pub async fn reuse(&self) -> Result<bool> {
+        if !self.store.contains(&self.digest, self.size) {
+            return Ok(false);
+        }
+        Ok(self.store.verify_present(&self.digest).await? == Some(self.size))
+    }
+
+    /// Starts or resumes the blob's download in its partial file, which
+    /// stays when the writer is dropped uncommitted. The bytes already
+    /// there are hashed first; [`BlobWriter::written`] says how many.
+    pub async fn resume(&self) -> Result<BlobWriter> {
+        BlobWriter::resume(
+            &self.store.partial_path(&self.digest),
+            &self.store.path(&self.digest),
+            self.digest.blob_path(),
+            self.digest,
+            self.size,
+        )
+        .await
+        .map(|w| w.for_store(&self.store))
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let committed = self.store.contains(&self.digest, self.size);
+        let present = self.store.contains(&self.digest, self.size);
         let mut state = self.store.state();
         state.in_flight.remove(&self.digest);
-        if committed {
+        if present && state.verified.contains(&self.digest) {
             state.seen.insert(self.digest);
         }
     }
@@ -198,7 +282,8 @@ impl Drop for Lease {
 /// Streams a file into place: bytes go to a temporary file in the target's
 /// directory while they are hashed and counted; [`commit`](Self::commit)
 /// verifies, fsyncs and renames. Dropped uncommitted, it removes the
-/// temporary file.
+/// temporary file, unless it is a kept partial download
+/// ([`BlobWriter::resume`]).
 pub struct BlobWriter {
     what: String,
     dest: PathBuf,
@@ -206,8 +291,33 @@ pub struct BlobWriter {
     size: Option<u64>,
     mode: u32,
     file: tokio::fs::File,
-    temp: tempfile::TempPath,
+    temp: Temp,
     hasher: Hasher,
+    /// The store to tell about a committed blob (it then needs no rehash).
+    store: Option<BlobStore>,
+}
+
+/// Where a [`BlobWriter`]'s bytes go until commit.
+enum Temp {
+    /// Removed when dropped.
+    Scratch(tempfile::TempPath),
+    /// Kept when dropped, to be resumed; removed when it cannot be right.
+    Kept(PathBuf),
+}
+
+impl Temp {
+    fn display(&self) -> std::path::Display<'_> {
+        match self {
+            Temp::Scratch(t) => t.display(),
+            Temp::Kept(p) => p.display(),
+        }
+    }
+
+    fn discard(&self) {
+        if let Temp::Kept(p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl BlobWriter {
@@ -232,9 +342,76 @@ impl BlobWriter {
             size,
             mode: 0o644,
             file: tokio::fs::File::from_std(file),
-            temp,
+            temp: Temp::Scratch(temp),
             hasher: Hasher::new(),
+            store: None,
         })
+    }
+
+    /// Starts, or continues, a download of `digest` in the kept file
+    /// `partial` (its bytes so far are hashed first); it becomes `dest` once
+    /// the whole checks out. A partial file that is already too long, or a
+    /// whole that does not match, is removed.
+    pub async fn resume(
+        partial: &Path,
+        dest: &Path,
+        what: impl Into<String>,
+        digest: Digest,
+        size: u64,
+    ) -> Result<Self> {
+        let what = what.into();
+        let path = partial.to_path_buf();
+        let (file, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
+            use std::io::Read as _;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let mut hasher = Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            if hasher.len() > size {
+                drop(file);
+                std::fs::remove_file(&path)?;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(&path)?;
+                return Ok((file, Hasher::new()));
+            }
+            Ok((file, hasher))
+        })
+        .await
+        .context("opening a partial download")??;
+        Ok(Self {
+            what,
+            dest: dest.to_path_buf(),
+            digest: Some(digest),
+            size: Some(size),
+            mode: 0o644,
+            file: tokio::fs::File::from_std(file),
+            temp: Temp::Kept(partial.to_path_buf()),
+            hasher,
+            store: None,
+        })
+    }
+
+    /// Tells `store` about the blob once committed, so it is not hashed again
+    /// this run.
+    pub fn for_store(mut self, store: &BlobStore) -> Self {
+        self.store = Some(store.clone());
+        self
     }
 
     /// The permissions the published file gets (default `0o644`).
@@ -248,11 +425,24 @@ impl BlobWriter {
         self.hasher.len()
     }
 
+    /// Forgets what was written (a server that ignored a Range request
+    /// sends the whole again).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.file
+            .set_len(0)
+            .await
+            .with_context(|| format!("truncating {}", self.temp.display()))?;
+        tokio::io::AsyncSeekExt::seek(&mut self.file, std::io::SeekFrom::Start(0)).await?;
+        self.hasher = Hasher::new();
+        Ok(())
+    }
+
     /// Appends `bytes`. Fails at once, with a [`DigestMismatch::Size`], when
     /// they would take the file past its expected size.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let after = self.hasher.len() + bytes.len() as u64;
         if let Some(size) = self.size.filter(|&size| after > size) {
+            self.temp.discard();
             return Err(DigestMismatch::Size {
                 what: self.what.clone(),
                 expected: size,
@@ -264,6 +454,11 @@ impl BlobWriter {
             .write_all(bytes)
             .await
             .with_context(|| format!("writing {}", self.temp.display()))?;
+        if matches!(self.temp, Temp::Kept(_)) {
+            // tokio writes in the background; a kept file must hold every
+            // byte counted when the writer is dropped.
+            self.file.flush().await?;
+        }
         self.hasher.update(bytes);
         Ok(())
     }
@@ -274,6 +469,7 @@ impl BlobWriter {
         let hashed = self.hasher.clone().finish();
         if let Some(size) = self.size {
             if size != hashed.size {
+                self.temp.discard();
                 return Err(DigestMismatch::Size {
                     what: self.what,
                     expected: size,
@@ -283,7 +479,10 @@ impl BlobWriter {
             }
         }
         if let Some(digest) = self.digest {
-            hashed.verify(&self.what, &digest, None)?;
+            if let Err(e) = hashed.verify(&self.what, &digest, None) {
+                self.temp.discard();
+                return Err(e.into());
+            }
         }
         self.file.flush().await?;
         self.file
@@ -295,6 +494,9 @@ impl BlobWriter {
         tokio::task::spawn_blocking(move || publish(file, temp, &dest, mode))
             .await
             .context("publishing a verified file")??;
+        if let (Some(store), Some(digest)) = (&self.store, self.digest) {
+            store.state().verified.insert(digest);
+        }
         Ok(hashed)
     }
 }
@@ -302,14 +504,16 @@ impl BlobWriter {
 /// Gives a verified, synced temporary file its mode (tempfile creates it
 /// private, and an OCI layout is read by other tools), renames it over
 /// `dest` and syncs the directory so the rename survives a crash.
-fn publish(file: std::fs::File, temp: tempfile::TempPath, dest: &Path, mode: u32) -> Result<()> {
+fn publish(file: std::fs::File, temp: Temp, dest: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     file.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", temp.display()))?;
     drop(file);
-    temp.persist(dest)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming into {}", dest.display()))?;
+    match temp {
+        Temp::Scratch(temp) => temp.persist(dest).map_err(|e| e.error),
+        Temp::Kept(path) => std::fs::rename(&path, dest),
+    }
+    .with_context(|| format!("renaming into {}", dest.display()))?;
     if let Some(dir) = dest.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -489,6 +693,79 @@ mod tests {
         assert!(w.commit().await.is_err());
         drop(first);
         assert!(waiter.await.unwrap(), "the waiter becomes the fetcher");
+    }
+
+    #[tokio::test]
+    async fn cached_blobs_are_rehashed_and_bad_ones_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"good");
+        {
+            let store = BlobStore::open(dir.path()).unwrap();
+            assert!(!store.put_bytes(&d, b"good").await.unwrap());
+        }
+        // A later run: present, but hashed before it is reported.
+        let store = BlobStore::open(dir.path()).unwrap();
+        let Claim::Fetch(lease) = store.try_claim(&d, 4) else {
+            panic!("a cached blob is checked first");
+        };
+        assert!(lease.reuse().await.unwrap());
+        drop(lease);
+        assert!(matches!(
+            store.try_claim(&d, 4),
+            Claim::Present { shared: true }
+        ));
+
+        // Changed on disk (same size): removed and fetched again.
+        std::fs::write(store.path(&d), b"evil").unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let Claim::Fetch(lease) = store.try_claim(&d, 4) else {
+            panic!("not verified yet");
+        };
+        assert!(!lease.reuse().await.unwrap());
+        assert!(!store.path(&d).exists());
+        assert_eq!(store.verify_present(&d).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn partial_downloads_are_kept_and_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = b"0123456789";
+        let d = Digest::of(data);
+        let Claim::Fetch(lease) = store.try_claim(&d, 10) else {
+            panic!("empty store");
+        };
+        let mut w = lease.resume().await.unwrap();
+        w.write(&data[..4]).await.unwrap();
+        drop(w);
+        assert_eq!(std::fs::read(store.partial_path(&d)).unwrap(), &data[..4]);
+        let mut w = lease.resume().await.unwrap();
+        assert_eq!(w.written(), 4);
+        w.write(&data[4..]).await.unwrap();
+        w.commit().await.unwrap();
+        drop(lease);
+        assert!(!store.partial_path(&d).exists());
+        assert!(matches!(
+            store.try_claim(&d, 10),
+            Claim::Present { shared: true }
+        ));
+
+        // A partial whose whole does not match is not kept.
+        let bad = Digest::of(b"abcdefghij");
+        let Claim::Fetch(lease) = store.try_claim(&bad, 10) else {
+            panic!("not stored");
+        };
+        let mut w = lease.resume().await.unwrap();
+        w.write(data).await.unwrap();
+        assert!(w.commit().await.is_err());
+        assert!(!store.partial_path(&bad).exists());
+        // A restart forgets what was there.
+        let mut w = lease.resume().await.unwrap();
+        w.write(b"xy").await.unwrap();
+        w.restart().await.unwrap();
+        w.write(b"abcdefghij").await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.path(&bad)).unwrap(), b"abcdefghij");
     }
 
     #[tokio::test]

@@ -69,18 +69,19 @@ fn build_fixture() -> anyhow::Result<Fixture> {
         key_password: None,
         release: ReleaseSource {
             base_url: release.url(),
-            install_sh_url: None,
+            ..ReleaseSource::default()
         },
         registry: RegistryConfig {
             mirrors: vec![("docker.io".into(), format!("http://{}", registry.addr()))],
-            insecure: vec![],
             jobs: 4,
+            ..RegistryConfig::default()
         },
         compression: airgap_bundle::write::Compression::None,
         jobs: 4,
         manifests_dir: manifests,
         lock_path: dir.join("images.lock"),
         source_date_epoch: None,
+        cache: None,
     };
     tokio::runtime::Runtime::new()?.block_on(build(&opts, &NoProgress))?;
     let public_key = dir.join("site.pub");

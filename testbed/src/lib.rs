@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod image;
+pub mod proxy;
 pub mod push;
 pub mod registry;
 pub mod release;

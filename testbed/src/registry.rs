@@ -41,6 +41,7 @@ pub struct RegistryOptions {
     program: String,
     htpasswd: Option<(String, String)>,
     tls_self_signed: bool,
+    storage: Option<PathBuf>,
 }
 
 impl Default for RegistryOptions {
@@ -52,6 +53,7 @@ impl Default for RegistryOptions {
             program: REGISTRY_PROGRAM.into(),
             htpasswd: None,
             tls_self_signed: false,
+            storage: None,
         }
     }
 }
@@ -93,14 +95,29 @@ impl RegistryOptions {
         self
     }
 
-    /// Serves HTTPS with a self-signed certificate for 127.0.0.1. Not
-    /// implemented yet; [`Registry::start_with`] reports it as unsupported.
+    /// Serves HTTPS only, with a certificate for 127.0.0.1 and localhost
+    /// issued by a CA of its own ([`Registry::ca_path`]). The rig's plain
+    /// HTTP client cannot push to it: seed a plain registry and serve its
+    /// storage ([`RegistryOptions::serve_storage_of`]).
     pub fn tls_self_signed(mut self) -> Self {
         self.tls_self_signed = true;
         self
     }
 
-    fn config_yaml(&self, root: &Path, addr: &str, htpasswd: Option<&Path>) -> String {
+    /// Serves the storage of another (running or stopped) registry instead
+    /// of a fresh one: the same images behind different options.
+    pub fn serve_storage_of(mut self, other: &Registry) -> Self {
+        self.storage = Some(other.storage_root());
+        self
+    }
+
+    fn config_yaml(
+        &self,
+        root: &Path,
+        addr: &str,
+        htpasswd: Option<&Path>,
+        tls: Option<(&Path, &Path)>,
+    ) -> String {
         // Paths are our own temp paths; quote them anyway for YAML.
         let auth = htpasswd.map_or(String::new(), |p| {
             format!(
@@ -108,12 +125,19 @@ impl RegistryOptions {
                 p.display()
             )
         });
+        let tls = tls.map_or(String::new(), |(cert, key)| {
+            format!(
+                "  tls:\n    certificate: \"{}\"\n    key: \"{}\"\n",
+                cert.display(),
+                key.display()
+            )
+        });
         format!(
             "version: 0.1\n\
              log:\n  level: {level}\n  formatter: text\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: \"{root}\"\n  delete:\n    enabled: {delete}\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: {addr}\n  headers:\n    X-Content-Type-Options: [nosniff]\n\
+             http:\n  addr: {addr}\n  headers:\n    X-Content-Type-Options: [nosniff]\n{tls}\
              health:\n  storagedriver:\n    enabled: false\n{auth}",
             level = self.log_level,
             root = root.display(),
@@ -129,6 +153,9 @@ pub struct Registry {
     watchdog: Option<Child>,
     stdin: Option<ChildStdin>,
     credentials: Option<(String, String)>,
+    /// The CA's PEM file, when serving HTTPS.
+    ca: Option<PathBuf>,
+    storage: Option<PathBuf>,
 }
 
 impl Registry {
@@ -139,9 +166,6 @@ impl Registry {
 
     /// Starts a registry and waits until `GET /v2/` answers 200.
     pub fn start_with(options: RegistryOptions) -> Result<Registry> {
-        if options.tls_self_signed {
-            bail!("registry TLS is not implemented in the testbed yet");
-        }
         let dir = match &options.parent_dir {
             Some(p) => tempfile::Builder::new().prefix("registry-").tempdir_in(p),
             None => tempfile::Builder::new()
@@ -158,9 +182,19 @@ impl Registry {
             watchdog: None,
             stdin: None,
             credentials: options.htpasswd.clone(),
+            ca: None,
+            storage: options.storage.clone(),
+        };
+        let tls = if options.tls_self_signed {
+            let files = write_tls_files(registry.dir.path())?;
+            registry.ca = Some(files.0.clone());
+            Some(files)
+        } else {
+            None
         };
         for _ in 0..3 {
-            match registry.spawn(&options) {
+            let tls = tls.as_ref().map(|(_, c, k)| (c.as_path(), k.as_path()));
+            match registry.spawn(&options, tls) {
                 Ok(()) => return Ok(registry),
                 Err(e) => {
                     registry.stop();
@@ -175,7 +209,7 @@ impl Registry {
         Err(last_err.expect("at least one attempt"))
     }
 
-    fn spawn(&mut self, options: &RegistryOptions) -> Result<()> {
+    fn spawn(&mut self, options: &RegistryOptions, tls: Option<(&Path, &Path)>) -> Result<()> {
         let port = free_port()?;
         self.addr = format!("127.0.0.1:{port}");
         let root = self.storage_root();
@@ -200,7 +234,7 @@ impl Registry {
         };
         std::fs::write(
             &config,
-            options.config_yaml(&root, &self.addr, htpasswd.as_deref()),
+            options.config_yaml(&root, &self.addr, htpasswd.as_deref(), tls),
         )?;
         let log = self.log_path();
         std::fs::write(&log, b"")?;
@@ -241,10 +275,13 @@ impl Registry {
                     );
                 }
             }
-            if let Ok(resp) = self.client().get("/v2/") {
-                if resp.status == 200 {
-                    return Ok(());
-                }
+            let status = match &self.ca {
+                Some(ca) => tls_status(&self.addr, ca, "/v2/").ok(),
+                None => self.client().get("/v2/").ok().map(|r| r.status),
+            };
+            // With basic auth, 401 also says it is up.
+            if status == Some(200) || (status == Some(401) && self.credentials.is_some()) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -263,9 +300,15 @@ impl Registry {
         &self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM file of the CA that issued its certificate, when serving TLS.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// The registry's temp dir (config, log, storage).
@@ -275,7 +318,9 @@ impl Registry {
 
     /// The filesystem storage root.
     pub fn storage_root(&self) -> PathBuf {
-        self.dir.path().join("storage")
+        self.storage
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("storage"))
     }
 
     /// Where the registry keeps the bytes of blob `digest`, for tests that
@@ -355,6 +400,79 @@ impl Drop for Registry {
     }
 }
 
+/// Writes `ca.pem`, and `cert.pem`/`key.pem` for 127.0.0.1 and localhost
+/// issued by that CA, into `dir`; returns their paths.
+fn write_tls_files(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "airgap-testbed registry CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "airgap-testbed registry");
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(paths)
+}
+
+/// The status of `GET path` over HTTPS to `addr`, trusting only `ca`.
+fn tls_status(addr: &str, ca: &Path, path: &str) -> Result<u16> {
+    use std::io::{BufRead as _, BufReader};
+    use std::sync::Arc;
+    let pem = std::fs::read_to_string(ca)?;
+    let der = pem_to_der(&pem).context("reading the CA")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(der))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let sock = std::net::TcpStream::connect(addr)?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut line = String::new();
+    BufReader::new(tls).read_line(&mut line)?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))
+}
+
+/// The DER bytes of the first PEM certificate in `pem`.
+fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -400,6 +518,27 @@ mod tests {
         let layer = crate::image::note_layer("/x", "x").unwrap();
         assert!(reg.client().push_blob("auth/test", &layer.blob).unwrap());
         assert_eq!(reg.credentials(), Some(("tester", "s3cret")));
+    }
+
+    #[test]
+    fn serves_tls_with_its_own_ca() {
+        let plain = Registry::start().unwrap();
+        let layer = crate::image::note_layer("/x", "x").unwrap();
+        assert!(plain.client().push_blob("tls/test", &layer.blob).unwrap());
+        let reg = Registry::start_with(
+            RegistryOptions::new()
+                .tls_self_signed()
+                .serve_storage_of(&plain),
+        )
+        .unwrap();
+        assert!(reg.url().starts_with("https://127.0.0.1:"));
+        let ca = reg.ca_path().unwrap();
+        let path = format!("/v2/tls/test/blobs/{}", layer.blob.digest);
+        assert_eq!(tls_status(reg.addr(), ca, &path).unwrap(), 200);
+        // Another CA is not trusted.
+        let other = tempfile::tempdir().unwrap();
+        let (other_ca, _, _) = write_tls_files(other.path()).unwrap();
+        assert!(tls_status(reg.addr(), &other_ca, "/v2/").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod cache;
 pub mod cluster;
 pub mod hostile;
 pub mod install;
@@ -213,7 +214,9 @@ impl Testbed {
     /// [`Testbed::build_command`] signing with `key` instead of `site.key`.
     pub fn build_command_signed(&self, name: &str, key: &Path, extra: &[&str]) -> Command {
         let mut cmd = airgap();
+        // Each testbed has its own download cache, never the user's.
         cmd.current_dir(self.work())
+            .env("XDG_CACHE_HOME", self.work().join("cache"))
             .args(["bundle", "build", "--version", VERSION, "--arch", "amd64"])
             .arg("--sign-key")
             .arg(key)
