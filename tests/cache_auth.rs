@@ -202,3 +202,40 @@ fn private_ca_with_registry_ca() {
     );
     assert!(!path.is_empty());
 }
+
+/// 503s are retried; a registry that keeps failing is given up on after 5
+/// tries, naming the registry, the image and the last status.
+#[test]
+fn server_errors_are_retried_then_reported() {
+    let tb = Testbed::start();
+    let proxy = Proxy::start(tb.registry.addr()).unwrap();
+    let (repo, layer) = biggest_layer(&tb);
+    let path = format!("/v2/{repo}/blobs/{}", layer.digest);
+    let mirror = format!("docker.io={}", proxy.url());
+    proxy.fail(&layer.digest.hex(), 503, 2);
+    build_at_epoch_ok(
+        &tb,
+        "retried.airgap.tar.zst",
+        &["--registry-mirror", &mirror],
+    );
+    let statuses: Vec<u16> = proxy
+        .forwarded_matching(&path)
+        .iter()
+        .map(|f| f.status)
+        .collect();
+    assert_eq!(statuses, [503, 503, 200]);
+    std::fs::remove_file(tb.out_dir().join("retried.airgap.tar.zst")).unwrap();
+
+    let lock = std::fs::read(tb.lock_path()).unwrap();
+    proxy.fail(&layer.digest.hex(), 500, 100);
+    let out = support::run(&mut tb.build_command(
+        "failing.airgap.tar.zst",
+        &["--registry-mirror", &mirror, "--no-cache"],
+    ));
+    assert_fails_naming(
+        &out,
+        "a build against a registry that keeps failing",
+        &[&proxy.addr(), &repo, "HTTP 500", "after 5 attempts"],
+    );
+    tb.assert_no_output(&lock);
+}

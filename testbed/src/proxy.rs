@@ -1,7 +1,8 @@
 //! A loopback HTTP/1.1 proxy in front of a server of the rig (the registry),
 //! for tests of broken downloads: it forwards each request on a connection
 //! of its own, records what was asked (path, `Range`) and how many body
-//! bytes went back, and can cut one response off after N body bytes, once.
+//! bytes went back, and can cut one response off after N body bytes, once,
+//! or answer requests with an error status instead of forwarding them.
 //!
 //! One request per connection: it tells both sides `Connection: close`. It
 //! trusts both sides: they are the test and the rig's own server.
@@ -9,7 +10,7 @@
 use anyhow::{Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,8 +34,12 @@ pub struct Forwarded {
 #[derive(Default)]
 struct State {
     stop: AtomicBool,
+    /// Connections accepted and not yet logged.
+    open: AtomicUsize,
     /// (substring of the target, body bytes to pass before closing).
     cut: Mutex<Option<(String, u64)>>,
+    /// (substring of the target, status to answer, how many more times).
+    fail: Mutex<Option<(String, u16, u32)>>,
     log: Mutex<Vec<Forwarded>>,
 }
 
@@ -64,8 +69,10 @@ impl Proxy {
                     }
                     let Ok(conn) = conn else { continue };
                     let st = st.clone();
+                    st.open.fetch_add(1, Ordering::SeqCst);
                     std::thread::spawn(move || {
                         let _ = forward(conn, upstream, &st);
+                        st.open.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
             })?;
@@ -92,8 +99,19 @@ impl Proxy {
         *self.state.cut.lock().unwrap() = Some((needle.to_string(), after));
     }
 
-    /// Every request forwarded so far, in the order they finished.
+    /// Answers the next `times` requests whose target contains `needle`
+    /// with `status` (an empty body) instead of forwarding them.
+    pub fn fail(&self, needle: &str, status: u16, times: u32) {
+        *self.state.fail.lock().unwrap() = Some((needle.to_string(), status, times));
+    }
+
+    /// Every request forwarded so far, in the order they finished (after
+    /// waiting, up to 5 s, for the connections still open).
     pub fn forwarded(&self) -> Vec<Forwarded> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.state.open.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.state.log.lock().unwrap().clone()
     }
 
@@ -169,6 +187,33 @@ fn forward(client: TcpStream, upstream: SocketAddr, state: &State) -> Result<()>
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
 
+    let failing = {
+        let mut fail = state.fail.lock().unwrap();
+        match fail.as_mut() {
+            Some((needle, status, times)) if *times > 0 && target.contains(needle.as_str()) => {
+                *times -= 1;
+                Some(*status)
+            }
+            _ => None,
+        }
+    };
+    if let Some(status) = failing {
+        let mut client = client;
+        write!(
+            client,
+            "HTTP/1.1 {status} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        client.flush()?;
+        state.log.lock().unwrap().push(Forwarded {
+            method,
+            target,
+            range,
+            status,
+            body_bytes: 0,
+            cut: false,
+        });
+        return Ok(());
+    }
     let server = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
     server.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut server_w = server.try_clone()?;
