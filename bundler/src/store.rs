@@ -350,8 +350,10 @@ impl BlobWriter {
 
     /// Starts, or continues, a download of `digest` in the kept file
     /// `partial` (its bytes so far are hashed first); it becomes `dest` once
-    /// the whole checks out. A partial file that is already too long, or a
-    /// whole that does not match, is removed.
+    /// the whole checks out. A partial file that is already too long is
+    /// started over, and one whose whole does not match is removed. While
+    /// another process (sharing the cache) holds the partial file's lock,
+    /// this download goes to a scratch file instead.
     pub async fn resume(
         partial: &Path,
         dest: &Path,
@@ -361,7 +363,7 @@ impl BlobWriter {
     ) -> Result<Self> {
         let what = what.into();
         let path = partial.to_path_buf();
-        let (file, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let opened = tokio::task::spawn_blocking(move || -> Result<_> {
             use std::io::Read as _;
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
@@ -369,6 +371,14 @@ impl BlobWriter {
                 .append(true)
                 .open(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
+            // Held until the writer is dropped or committed.
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()))
+                }
+            }
             let mut hasher = Hasher::new();
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -381,19 +391,16 @@ impl BlobWriter {
                 hasher.update(&buf[..n]);
             }
             if hasher.len() > size {
-                drop(file);
-                std::fs::remove_file(&path)?;
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .append(true)
-                    .open(&path)?;
-                return Ok((file, Hasher::new()));
+                file.set_len(0)?;
+                return Ok(Some((file, Hasher::new())));
             }
-            Ok((file, hasher))
+            Ok(Some((file, hasher)))
         })
         .await
         .context("opening a partial download")??;
+        let Some((file, hasher)) = opened else {
+            return Self::create(dest, what, Some(digest), Some(size));
+        };
         Ok(Self {
             what,
             dest: dest.to_path_buf(),
@@ -759,8 +766,19 @@ mod tests {
         w.write(data).await.unwrap();
         assert!(w.commit().await.is_err());
         assert!(!store.partial_path(&bad).exists());
+        // Another holder of the partial file's lock: a scratch file instead.
+        let mut first = lease.resume().await.unwrap();
+        first.write(b"ab").await.unwrap();
+        let mut second = lease.resume().await.unwrap();
+        assert_eq!(second.written(), 0);
+        second.write(b"abcdefghij").await.unwrap();
+        drop(first);
+        assert_eq!(std::fs::read(store.partial_path(&bad)).unwrap(), b"ab");
+        second.commit().await.unwrap();
+        std::fs::remove_file(store.path(&bad)).unwrap();
         // A restart forgets what was there.
         let mut w = lease.resume().await.unwrap();
+        assert_eq!(w.written(), 2);
         w.write(b"xy").await.unwrap();
         w.restart().await.unwrap();
         w.write(b"abcdefghij").await.unwrap();
