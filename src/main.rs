@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use airgap_bundle::write::Compression;
-use airgap_bundler::build::{build, BuildOptions};
+use airgap_bundler::build::{build_with, BuildOptions};
 use airgap_bundler::registry::RegistryConfig;
 use airgap_bundler::release::ReleaseSource;
 use anyhow::{bail, Context as _};
@@ -96,6 +96,11 @@ enum BundleCommand {
     Verify(VerifyArgs),
     /// Show what a bundle holds: version, platforms, images, files, sizes.
     Inspect(InspectArgs),
+    /// Pin every wanted image to its current digest per platform in
+    /// images.lock (--check: report drift, exit 1, write nothing).
+    Lock(Box<LockArgs>),
+    /// Check the manifests for what would make a node pull on site.
+    Lint(LintArgs),
     /// Write a ready USB stick from a bundle: the bundle (in parts on FAT),
     /// this airgap binary, the public key and a README.txt with the commands.
     Export(ExportArgs),
@@ -225,6 +230,14 @@ struct BuildArgs {
     /// The image lock: read, and written back with new pins.
     #[arg(long, value_name = "FILE", default_value = "images.lock")]
     lock: PathBuf,
+    /// Fail, before downloading any image, unless images.lock pins exactly
+    /// the wanted images for every requested platform; never write it.
+    #[arg(long)]
+    locked: bool,
+    /// Only warn about :latest or untagged images without
+    /// imagePullPolicy: IfNotPresent.
+    #[arg(long)]
+    allow_latest: bool,
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
@@ -363,6 +376,59 @@ struct VerifyArgs {
 }
 
 #[derive(Args, Debug)]
+struct LockArgs {
+    /// k3s version whose system images the lock pins.
+    #[arg(long)]
+    version: String,
+    /// Platforms to pin: amd64, arm64, arm (comma-separated). Default: this
+    /// host's. Platforms an entry already pins are refreshed too.
+    #[arg(long, value_delimiter = ',', value_name = "ARCH")]
+    arch: Vec<String>,
+    /// Report what differs (moved tags, missing or extra entries) and exit 1
+    /// if anything does; never write.
+    #[arg(long)]
+    check: bool,
+    /// Base URL of the k3s release assets, in GitHub's layout.
+    #[arg(long, value_name = "URL", default_value = airgap_bundler::release::GITHUB_RELEASES)]
+    release_url: String,
+    /// Pull images of HOST from a mirror: docker.io=https://mirror.example (repeatable).
+    #[arg(long, value_name = "HOST=URL")]
+    registry_mirror: Vec<String>,
+    /// Talk plain HTTP to this registry host (repeatable).
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+    /// Directory of the auto-deploy manifests.
+    #[arg(long, value_name = "DIR", default_value = "manifests")]
+    manifests: PathBuf,
+    /// The image lock.
+    #[arg(long, value_name = "FILE", default_value = "images.lock")]
+    lock: PathBuf,
+    /// Tags resolved at once.
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct LintArgs {
+    /// Directory of the auto-deploy manifests.
+    #[arg(long, value_name = "DIR", default_value = "manifests")]
+    manifests: PathBuf,
+    /// The image lock the manifests' images must be in.
+    #[arg(long, value_name = "FILE", default_value = "images.lock")]
+    lock: PathBuf,
+    /// Only warn about :latest or untagged images without
+    /// imagePullPolicy: IfNotPresent.
+    #[arg(long)]
+    allow_latest: bool,
+    /// Print the findings as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct InspectArgs {
     /// The bundle file.
     file: PathBuf,
@@ -403,6 +469,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen(args) => keygen(args),
         Command::Bundle(BundleCommand::Build(args)) => bundle_build(*args),
+        Command::Bundle(BundleCommand::Lock(args)) => bundle_lock(*args),
+        Command::Bundle(BundleCommand::Lint(args)) => bundle_lint(args),
         Command::Bundle(BundleCommand::Export(args)) => {
             let public_key = airgap_bundle::sign::load_public_key(&args.key)?;
             let key_name = args
@@ -650,7 +718,11 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = runtime.block_on(build(&opts, progress.as_ref()))?;
+    let checks = airgap_bundler::locking::BuildChecks {
+        locked: args.locked,
+        allow_latest: args.allow_latest,
+    };
+    let summary = runtime.block_on(build_with(&opts, &checks, progress.as_ref()))?;
     if let Some(usb) = &usb {
         let stick = airgap_bundler::usb::write_stick(&summary.file, usb)?;
         if args.json {
@@ -684,6 +756,70 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         if summary.lock_updated {
             eprintln!("pinned new digests in {}", opts.lock_path.display());
         }
+    }
+    Ok(())
+}
+
+fn bundle_lock(args: LockArgs) -> anyhow::Result<()> {
+    let mirrors = args
+        .registry_mirror
+        .iter()
+        .map(|m| airgap_bundler::registry::parse_mirror(m))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let arches = if args.arch.is_empty() {
+        vec![airgap_bundle::oci::host_arch().to_string()]
+    } else {
+        args.arch.clone()
+    };
+    // Settings `bundle lock` has no flags for keep their defaults.
+    #[allow(clippy::needless_update)]
+    let opts = airgap_bundler::locking::LockOptions {
+        version: args.version,
+        arches,
+        release: ReleaseSource {
+            base_url: args.release_url,
+            install_sh_url: None,
+            ..Default::default()
+        },
+        registry: RegistryConfig {
+            mirrors,
+            insecure: args.insecure_registry,
+            jobs: args.jobs as usize,
+            ..Default::default()
+        },
+        manifests_dir: args.manifests,
+        lock_path: args.lock,
+        check: args.check,
+        jobs: args.jobs as usize,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(airgap_bundler::locking::lock(&opts))?;
+    print_result(&report, args.json)?;
+    if report.check && !report.changes.is_empty() {
+        bail!(
+            "{} does not match the registries: {} difference(s); run `airgap bundle lock` to update it",
+            report.lock.display(),
+            report.changes.len()
+        );
+    }
+    Ok(())
+}
+
+fn bundle_lint(args: LintArgs) -> anyhow::Result<()> {
+    let opts = airgap_bundler::lint::LintOptions {
+        allow_latest: args.allow_latest,
+        ..Default::default()
+    };
+    let report = airgap_bundler::lint::lint_files(&args.manifests, &args.lock, &opts)?;
+    print_result(&report, args.json)?;
+    if report.errors > 0 {
+        bail!(
+            "{} offline-readiness error(s) in {}",
+            report.errors,
+            args.manifests.display()
+        );
     }
     Ok(())
 }

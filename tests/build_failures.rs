@@ -76,13 +76,14 @@ fn unknown_image_fails_naming_the_image() {
     let tb = Testbed::start();
     let missing = "docker.io/kubeguide/does-not-exist:1.0";
     let text = std::fs::read_to_string(tb.lock_path()).unwrap();
-    let mut lock: serde_json::Value = serde_json::from_str(&text).unwrap();
-    lock["images"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({ "reference": missing }));
-    let text = serde_json::to_string_pretty(&lock).unwrap() + "\n";
-    std::fs::write(tb.lock_path(), &text).unwrap();
+    std::fs::write(
+        tb.manifests_dir().join("missing.yaml"),
+        format!(
+            "kind: Pod\nmetadata: {{name: m}}\nspec:\n  containers:\n    \
+             - {{name: m, image: {missing}, imagePullPolicy: IfNotPresent}}\n"
+        ),
+    )
+    .unwrap();
 
     let out = tb.build("site.airgap.tar.zst", &[]);
     let err = assert_fails_naming(&out, "a build wanting an unknown image", &[missing]);

@@ -66,6 +66,51 @@ pub struct Inspection {
     pub sums_digest: Digest,
     pub meta: BundleMeta,
     pub dedup_saved_bytes: u64,
+    /// What each architecture's nodes get.
+    pub per_arch: Vec<ArchTotals>,
+}
+
+/// One architecture's share of a bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchTotals {
+    pub arch: String,
+    /// Images carried for this architecture's platform.
+    pub images: usize,
+    /// Bytes of those images' manifests, configs and layers (a layer two
+    /// images share counts twice).
+    pub image_bytes: u64,
+    /// Bytes of `bin/<arch>/k3s`.
+    pub k3s_bytes: u64,
+}
+
+/// Per-architecture totals from `bundle.json`.
+pub fn per_arch(meta: &BundleMeta) -> Vec<ArchTotals> {
+    meta.arches
+        .iter()
+        .map(|arch| {
+            let wanted = crate::oci::Platform::for_arch(arch);
+            let platforms: Vec<_> = meta
+                .images
+                .iter()
+                .filter_map(|i| {
+                    i.platforms
+                        .iter()
+                        .find(|p| wanted.as_ref().is_some_and(|w| w.matches(&p.platform)))
+                })
+                .collect();
+            ArchTotals {
+                arch: arch.clone(),
+                images: platforms.len(),
+                image_bytes: platforms.iter().map(|p| p.size).sum(),
+                k3s_bytes: meta
+                    .files
+                    .iter()
+                    .filter(|f| f.role == FileRole::K3sBinary && f.arch.as_deref() == Some(arch))
+                    .map(|f| f.size)
+                    .sum(),
+            }
+        })
+        .collect()
 }
 
 /// Reads the head of a bundle (signature, `SHA256SUMS`, `bundle.json`) only.
@@ -90,6 +135,7 @@ pub fn inspect_file(
         signature,
         sums_digest,
         dedup_saved_bytes: meta.dedup_saved(),
+        per_arch: per_arch(&meta),
         meta,
     })
 }
@@ -140,6 +186,18 @@ impl fmt::Display for Inspection {
                     human_bytes(p.size)
                 )?;
             }
+        }
+        writeln!(f)?;
+        writeln!(f, "per arch:")?;
+        for a in &self.per_arch {
+            writeln!(
+                f,
+                "  {:<8} {} images, {}; k3s {}",
+                a.arch,
+                a.images,
+                human_bytes(a.image_bytes),
+                human_bytes(a.k3s_bytes)
+            )?;
         }
         writeln!(f)?;
         writeln!(f, "files ({}):", m.files.len())?;

@@ -1,7 +1,9 @@
 //! `images.lock`: the images a bundle carries, each pinned to a digest per
 //! platform, as Cargo.lock pins crates. An entry without a digest is resolved
 //! by the next build and written back; a pinned one is pulled by digest, so a
-//! tag that moves in the registry does not change the bundle.
+//! tag that moves in the registry does not change the bundle. The k3s system
+//! images are entries like the manifests' images: a lock describes one k3s
+//! version. Platforms are keyed `os/arch[/variant]` (`linux/arm/v7`).
 
 use crate::digest::Digest;
 use crate::reference::ImageRef;

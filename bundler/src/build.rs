@@ -7,6 +7,8 @@
 //! complete and signed) -> record (pins written back to images.lock).
 
 use crate::imageset::{self, Source};
+use crate::lint::{self, LintOptions, Severity};
+use crate::locking::{self, BuildChecks};
 use crate::progress::Progress;
 use crate::registry::{PulledImage, Puller, RegistryConfig};
 use crate::release::{self, ReleaseSource};
@@ -103,6 +105,16 @@ fn build_time(source_date_epoch: Option<u64>) -> u64 {
 /// Runs the whole build. On any error nothing is left at the output path and
 /// the lock file is unchanged.
 pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Result<BuildSummary> {
+    build_with(opts, &BuildChecks::default(), progress).await
+}
+
+/// [`build`], with the offline-readiness lint and `--locked` as `checks` say;
+/// both run before anything is downloaded (but `k3s-images.txt`).
+pub async fn build_with(
+    opts: &BuildOptions,
+    checks: &BuildChecks,
+    progress: &dyn Progress,
+) -> anyhow::Result<BuildSummary> {
     // Resolve: version, platforms, key (a wrong password should fail before
     // any download), lock and manifests.
     let version = release::resolve_version(&opts.version)?;
@@ -125,6 +137,27 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
         .with_context(|| format!("in {}", opts.lock_path.display()))?;
     let manifest_files = imageset::manifest_files(&opts.manifests_dir)?;
     let manifest_images = imageset::scan_manifests(&manifest_files)?;
+    let lint_options = LintOptions {
+        allow_latest: checks.allow_latest,
+        not_in_lock: (!checks.locked).then_some(Severity::Warning),
+    };
+    let findings = lint::lint(&manifest_images, &lock, &lint_options);
+    for warning in findings.of(Severity::Warning) {
+        tracing::warn!("{warning}");
+    }
+    findings.check()?;
+    if checks.locked {
+        let k3s = locking::fetch_k3s_images(
+            &release::http_client()?,
+            &opts.release,
+            &version,
+            &opts.arches[0],
+        )
+        .await
+        .with_context(|| format!("fetching the system image list of k3s {version}"))?;
+        let wanted = imageset::wanted_images(&lock, &manifest_images, &k3s)?;
+        locking::check_locked(&lock, &wanted, &platforms)?;
+    }
 
     let output = match &opts.output {
         Some(p) => p.clone(),
@@ -168,6 +201,10 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
 
     // Pull every wanted image, pinned ones by digest.
     let wanted = imageset::wanted_images(&lock, &manifest_images, &k3s_images)?;
+    // Entries no longer wanted leave the lock, as cargo drops unused crates.
+    let locked_entries = lock.images.len();
+    lock.images.retain(|i| wanted.contains_key(&i.reference));
+    let mut lock_updated = lock.images.len() != locked_entries;
     let puller = Puller::new(opts.registry.clone())?;
     let requests: Vec<(ImageRef, ImageRef)> = wanted
         .keys()
@@ -193,7 +230,6 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
     .await?;
 
     // Assemble: pins, bundle.json, the image layout, the file list.
-    let mut lock_updated = false;
     for image in &pulled {
         let entry = lock.entry(&image.reference);
         let before = entry.clone();
@@ -202,6 +238,9 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
             entry.sandbox = true;
         }
         lock_updated |= *entry != before;
+    }
+    if checks.locked && lock_updated {
+        bail!("{LOCK_NAME} would change although --locked checked it; run `airgap bundle lock`");
     }
     let created = build_time(opts.source_date_epoch);
     let staged = assemble(AssembleInputs {

@@ -1,7 +1,9 @@
 //! The set of images a bundle must carry: the images the auto-deploy
 //! manifests run (every container and init container of every workload), the
-//! images pinned in `images.lock` (the pause/sandbox image among them) and the
-//! k3s system images of the chosen version (its `k3s-images.txt`).
+//! pause/sandbox image (k3s's, and any entry `images.lock` marks `"sandbox":
+//! true`) and the k3s system images of the chosen version (its
+//! `k3s-images.txt`). Other lock entries are not wanted: the lock follows this
+//! set, as Cargo.lock follows Cargo.toml.
 //!
 //! Manifests are parsed into a small tree that keeps line numbers, so that a
 //! finding names the file, the document, the container and the line.
@@ -230,7 +232,6 @@ pub enum Source {
     Sandbox,
     K3s,
     Manifest,
-    Lock,
 }
 
 impl Source {
@@ -239,7 +240,6 @@ impl Source {
             Source::Sandbox => "sandbox",
             Source::K3s => "k3s",
             Source::Manifest => "manifest",
-            Source::Lock => "lock",
         }
     }
 }
@@ -253,7 +253,9 @@ pub fn is_pause_image(reference: &ImageRef) -> bool {
     name == "pause" || name == "mirrored-pause"
 }
 
-/// Combines the three sources into the wanted set.
+/// Combines the three sources into the wanted set. Of the lock only the
+/// sandbox entries count: any other entry is pinned for a reason that may
+/// have gone.
 pub fn wanted_images(
     lock: &ImagesLock,
     manifest_images: &[ManifestImage],
@@ -267,11 +269,8 @@ pub fn wanted_images(
             sources.sort();
         }
     };
-    for image in &lock.images {
-        add(image.reference.clone(), Source::Lock);
-        if image.sandbox {
-            add(image.reference.clone(), Source::Sandbox);
-        }
+    for image in lock.images.iter().filter(|i| i.sandbox) {
+        add(image.reference.clone(), Source::Sandbox);
     }
     for found in manifest_images {
         let reference: ImageRef = found.image.parse().with_context(|| {
@@ -356,12 +355,13 @@ spec:
     #[test]
     fn wanted_set_merges_sources() {
         let lock = ImagesLock::parse(
-            r#"{"version":1,"images":[{"reference":"docker.io/rancher/pause:3.1","sandbox":true}]}"#,
+            r#"{"version":1,"images":[{"reference":"docker.io/rancher/pause:3.1","sandbox":true},{"reference":"old:1"}]}"#,
         )
         .unwrap();
         let pause: ImageRef = "docker.io/rancher/pause:3.1".parse().unwrap();
         let wanted = wanted_images(&lock, &[], &[pause]).unwrap();
         let sources = &wanted[&"rancher/pause:3.1".parse::<ImageRef>().unwrap()];
-        assert_eq!(sources, &[Source::Sandbox, Source::K3s, Source::Lock]);
+        assert_eq!(sources, &[Source::Sandbox, Source::K3s]);
+        assert_eq!(wanted.len(), 1, "a lock entry alone is not wanted");
     }
 }

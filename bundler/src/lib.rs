@@ -5,6 +5,8 @@ pub mod auth;
 pub mod build;
 pub mod cache;
 pub mod imageset;
+pub mod lint;
+pub mod locking;
 pub mod progress;
 pub mod registry;
 pub mod release;

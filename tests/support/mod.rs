@@ -10,6 +10,7 @@ pub mod cache;
 pub mod cluster;
 pub mod hostile;
 pub mod install;
+pub mod lock;
 pub mod split;
 pub mod tarball;
 

@@ -1,0 +1,689 @@
+//! `images.lock`, cargo-style: how the lock compares with the wanted set (the
+//! manifests' images, the pause/sandbox image and the k3s system images of
+//! the chosen version), for `bundle build --locked` (every difference, found
+//! before any image is pulled) and for `airgap bundle lock`, which resolves
+//! each wanted tag to its current digest and per-platform manifests and
+//! writes the lock, or with `--check` only reports the drift.
+//!
+//! k3s system images are ordinary lock entries, pinned per platform like the
+//! manifests' images: the lock describes one k3s version, and building another
+//! makes the old version's system images "no longer wanted".
+//!
+//! Resolving reads index and manifest documents (and, for an image without an
+//! index, its small config) and never a layer; every digest recorded is one
+//! computed here over the bytes received, never one a registry announced.
+
+use crate::imageset::{self, Source, WantedImages};
+use crate::registry::{Puller, RegistryConfig};
+use crate::release::{self, error_chain, install_tls_provider, ReleaseSource, USER_AGENT};
+use airgap_bundle::atomic::AtomicFile;
+use airgap_bundle::digest::Digest;
+use airgap_bundle::lock::{ImagesLock, LockedImage, LOCK_NAME, LOCK_VERSION};
+use airgap_bundle::oci::{is_manifest, AnyManifest, Platform, MANIFEST_MEDIA_TYPES};
+use airgap_bundle::oci::{Descriptor, MAX_MANIFEST_BYTES};
+use airgap_bundle::reference::ImageRef;
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Most bytes read of a release text asset (`k3s-images.txt`, checksums).
+const MAX_TEXT_ASSET: usize = 1 << 20;
+/// Largest image config read to learn a single-platform image's platform.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The checks `bundle build` runs before it downloads anything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildChecks {
+    /// Fail unless `images.lock` already pins exactly the wanted set.
+    pub locked: bool,
+    /// Report floating (`:latest`, untagged) images without
+    /// `imagePullPolicy: IfNotPresent` as warnings instead of errors.
+    pub allow_latest: bool,
+}
+
+/// One difference between the wanted set and the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Drift {
+    /// Wanted, and not in the lock at all.
+    Missing {
+        reference: String,
+        sources: Vec<String>,
+    },
+    /// In the lock without a digest.
+    Unpinned { reference: String },
+    /// Pinned, but not for a requested platform.
+    MissingPlatform { reference: String, platform: String },
+    /// In the lock and no longer wanted.
+    Extra { reference: String },
+    /// The tag now points at another manifest than the lock pins.
+    Moved {
+        reference: String,
+        locked: Digest,
+        current: Digest,
+    },
+    /// The same top digest, but another manifest for a platform.
+    PlatformMoved {
+        reference: String,
+        platform: String,
+        locked: Digest,
+        current: Digest,
+    },
+    /// The pod sandbox image, not marked `"sandbox": true`.
+    NotSandbox { reference: String },
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Drift::Missing { reference, sources } => write!(
+                f,
+                "{reference} is wanted ({}) but not in {LOCK_NAME}",
+                sources.join(", ")
+            ),
+            Drift::Unpinned { reference } => {
+                write!(f, "{reference} is in {LOCK_NAME} without a digest")
+            }
+            Drift::MissingPlatform {
+                reference,
+                platform,
+            } => write!(f, "{reference} is pinned without {platform}"),
+            Drift::Extra { reference } => {
+                write!(f, "{reference} is in {LOCK_NAME} but no longer wanted")
+            }
+            Drift::Moved {
+                reference,
+                locked,
+                current,
+            } => write!(
+                f,
+                "{reference} moved: the tag now points at {current}, {LOCK_NAME} pins {locked}"
+            ),
+            Drift::PlatformMoved {
+                reference,
+                platform,
+                locked,
+                current,
+            } => write!(
+                f,
+                "{reference} for {platform} is now {current}, {LOCK_NAME} pins {locked}"
+            ),
+            Drift::NotSandbox { reference } => write!(
+                f,
+                "{reference} is the pod sandbox image but {LOCK_NAME} does not mark it \"sandbox\": true"
+            ),
+        }
+    }
+}
+
+/// `--locked` found differences; each is named.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{LOCK_NAME} does not match the wanted images (--locked), {} difference(s):\n  {}\nrun `airgap bundle lock` to update it",
+    .0.len(),
+    .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
+)]
+pub struct LockMismatch(pub Vec<Drift>);
+
+/// The lock's key for a platform (`linux/arm/v7`).
+pub fn platform_key(platform: &Platform) -> String {
+    platform.to_string()
+}
+
+/// Parses a lock platform key back (`linux/arm/v7`).
+pub fn parse_platform_key(key: &str) -> Option<Platform> {
+    let mut parts = key.split('/');
+    let os = parts.next().filter(|s| !s.is_empty())?;
+    let architecture = parts.next().filter(|s| !s.is_empty())?;
+    let variant = parts.next().map(str::to_string);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Platform {
+        os: os.to_string(),
+        architecture: architecture.to_string(),
+        variant,
+    })
+}
+
+fn source_names(sources: &[Source]) -> Vec<String> {
+    sources.iter().map(|s| s.as_str().to_string()).collect()
+}
+
+/// Every difference between `lock` and what a build of `platforms` needs;
+/// no network. Empty means the lock fits.
+pub fn locked_diff(lock: &ImagesLock, wanted: &WantedImages, platforms: &[Platform]) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    for (reference, sources) in wanted {
+        let name = reference.to_string();
+        let Some(entry) = lock.get(reference) else {
+            drift.push(Drift::Missing {
+                reference: name,
+                sources: source_names(sources),
+            });
+            continue;
+        };
+        if entry.digest.is_none() {
+            drift.push(Drift::Unpinned {
+                reference: name.clone(),
+            });
+        } else {
+            for platform in platforms {
+                let key = platform_key(platform);
+                if !entry.platforms.contains_key(&key) {
+                    drift.push(Drift::MissingPlatform {
+                        reference: name.clone(),
+                        platform: key,
+                    });
+                }
+            }
+        }
+        if sources.contains(&Source::Sandbox) && !entry.sandbox {
+            drift.push(Drift::NotSandbox { reference: name });
+        }
+    }
+    for entry in &lock.images {
+        if !wanted.contains_key(&entry.reference) {
+            drift.push(Drift::Extra {
+                reference: entry.reference.to_string(),
+            });
+        }
+    }
+    drift
+}
+
+/// Fails with every difference unless `lock` pins exactly the wanted set.
+pub fn check_locked(
+    lock: &ImagesLock,
+    wanted: &WantedImages,
+    platforms: &[Platform],
+) -> std::result::Result<(), LockMismatch> {
+    let drift = locked_diff(lock, wanted, platforms);
+    if drift.is_empty() {
+        Ok(())
+    } else {
+        Err(LockMismatch(drift))
+    }
+}
+
+/// GETs a small text file, at most [`MAX_TEXT_ASSET`] bytes.
+async fn get_text(client: &reqwest::Client, url: &str) -> Result<String> {
+    let fail = |e: String| anyhow!("downloading {url}: {e}");
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fail(error_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(fail(format!("HTTP {}", response.status())));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| fail(error_chain(&e)))? {
+        if body.len() + chunk.len() > MAX_TEXT_ASSET {
+            return Err(fail(format!(
+                "more than the {MAX_TEXT_ASSET} bytes allowed"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| fail("not UTF-8 text".to_string()))
+}
+
+/// The k3s system images of `version` (its `k3s-images.txt`, checked against
+/// the release's `sha256sum-<arch>.txt` when that lists it), without the
+/// binaries: all `--locked` and `bundle lock` need from the release.
+pub async fn fetch_k3s_images(
+    client: &reqwest::Client,
+    src: &ReleaseSource,
+    version: &str,
+    arch: &str,
+) -> Result<Vec<ImageRef>> {
+    let arch = if arch == "armhf" { "arm" } else { arch };
+    let sums_name = format!("sha256sum-{arch}.txt");
+    let sums_url = src.asset_url(version, &sums_name);
+    let sums = release::parse_sha256sums(&get_text(client, &sums_url).await?)
+        .with_context(|| format!("reading {sums_name} from {sums_url}"))?;
+    let url = src.asset_url(version, "k3s-images.txt");
+    let text = get_text(client, &url).await?;
+    if let Some(expected) = sums.get("k3s-images.txt") {
+        let found = Digest::of(text.as_bytes());
+        if &found != expected {
+            bail!("k3s-images.txt from {url}: sha256 {found}, but {sums_name} says {expected}");
+        }
+    }
+    release::parse_image_list(&text).with_context(|| format!("reading k3s-images.txt from {url}"))
+}
+
+/// What a tag resolves to now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The top manifest or index.
+    pub digest: Digest,
+    /// The image manifest per platform key.
+    pub platforms: BTreeMap<String, Digest>,
+}
+
+/// Resolves tags to digests through the same mirrors and plain-HTTP hosts
+/// as pulls.
+pub struct Resolver {
+    client: Client,
+    /// Maps image registries to the hosts contacted.
+    puller: Puller,
+}
+
+impl Resolver {
+    pub fn new(config: RegistryConfig) -> Result<Resolver> {
+        install_tls_provider();
+        let mut plain: BTreeSet<String> = config.insecure.iter().cloned().collect();
+        if plain.contains("docker.io") {
+            plain.insert("index.docker.io".to_string());
+        }
+        for (_, url) in &config.mirrors {
+            if let Some(rest) = url.strip_prefix("http://") {
+                plain.insert(rest.trim_end_matches('/').to_string());
+            }
+        }
+        let client_config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain.into_iter().collect()),
+            platform_resolver: None,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(120)),
+            user_agent: USER_AGENT,
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(client_config)
+            .map_err(|e| anyhow!("creating the registry client: {}", error_chain(&e)))?;
+        Ok(Resolver {
+            client,
+            puller: Puller::new(config)?,
+        })
+    }
+
+    /// Resolves `image`'s tag for each of `platforms`.
+    pub async fn resolve(&self, image: &ImageRef, platforms: &[Platform]) -> Result<Resolved> {
+        let host = self.puller.host_for(image);
+        self.resolve_inner(image, &host, platforms)
+            .await
+            .with_context(|| format!("resolving {image} at {host}"))
+    }
+
+    async fn resolve_inner(
+        &self,
+        image: &ImageRef,
+        host: &str,
+        platforms: &[Platform],
+    ) -> Result<Resolved> {
+        let tag = image.tag.clone().unwrap_or_else(|| "latest".to_string());
+        let source = Reference::with_tag(host.to_string(), image.repository.clone(), tag);
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(&source, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES)
+            .await
+            .map_err(|e| anyhow!("{}", error_chain(&e)))?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            bail!(
+                "{} bytes is more than the {MAX_MANIFEST_BYTES} a manifest may have",
+                bytes.len()
+            );
+        }
+        let digest = Digest::of(&bytes);
+        let mut resolved = Resolved {
+            digest,
+            platforms: BTreeMap::new(),
+        };
+        match AnyManifest::parse(&format!("manifest {digest}"), None, &bytes)? {
+            AnyManifest::Index(index) => {
+                for wanted in platforms {
+                    let entry = select(&index.manifests, wanted)?;
+                    resolved
+                        .platforms
+                        .insert(platform_key(wanted), entry.digest);
+                }
+            }
+            AnyManifest::Image(manifest) => {
+                let found = self.config_platform(&source, &manifest.config).await?;
+                for wanted in platforms {
+                    let fits = wanted.matches(&found)
+                        || (found.variant.is_none()
+                            && wanted.os == found.os
+                            && wanted.architecture == found.architecture);
+                    if !fits {
+                        bail!("the image is for {found} only (it has no index), not {wanted}");
+                    }
+                    resolved.platforms.insert(platform_key(wanted), digest);
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// The platform a lone manifest's config declares.
+    async fn config_platform(&self, source: &Reference, config: &Descriptor) -> Result<Platform> {
+        if config.size > MAX_CONFIG_BYTES {
+            bail!(
+                "config {}: {} bytes is more than the {MAX_CONFIG_BYTES} a config may have",
+                config.digest,
+                config.size
+            );
+        }
+        let mut bytes: Vec<u8> = Vec::new();
+        self.client
+            .pull_blob(source, config.digest.to_string().as_str(), &mut bytes)
+            .await
+            .map_err(|e| anyhow!("config {}: {}", config.digest, error_chain(&e)))?;
+        let found = Digest::of(&bytes);
+        if found != config.digest || bytes.len() as u64 != config.size {
+            bail!(
+                "hash mismatch for config {}: found {found} ({} bytes)",
+                config.digest,
+                bytes.len()
+            );
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("config {}: no os and architecture", config.digest))
+    }
+}
+
+/// The index entry for `wanted` (the variant counts: linux/arm/v7 is not v6).
+fn select<'a>(entries: &'a [Descriptor], wanted: &Platform) -> Result<&'a Descriptor> {
+    entries
+        .iter()
+        .find(|d| {
+            is_manifest(&d.media_type) && d.platform.as_ref().is_some_and(|p| wanted.matches(p))
+        })
+        .ok_or_else(|| {
+            let have: Vec<String> = entries
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(ToString::to_string)
+                .collect();
+            anyhow!(
+                "no manifest for platform {wanted} (the index has: {})",
+                if have.is_empty() {
+                    "none with a platform".to_string()
+                } else {
+                    have.join(", ")
+                }
+            )
+        })
+}
+
+/// Everything `airgap bundle lock` needs.
+pub struct LockOptions {
+    /// k3s version as the user wrote it.
+    pub version: String,
+    /// k3s architecture names; each lock entry is also refreshed for the
+    /// platforms it already pins.
+    pub arches: Vec<String>,
+    pub release: ReleaseSource,
+    pub registry: RegistryConfig,
+    pub manifests_dir: PathBuf,
+    pub lock_path: PathBuf,
+    /// Report drift only; never write.
+    pub check: bool,
+    /// Tags resolved at once.
+    pub jobs: usize,
+}
+
+/// What `airgap bundle lock` found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockReport {
+    pub lock: PathBuf,
+    pub k3s_version: String,
+    /// Entries in the refreshed lock.
+    pub images: usize,
+    /// Every difference between the lock on disk and the registries now.
+    pub changes: Vec<Drift>,
+    /// Whether the lock file was rewritten.
+    pub written: bool,
+    pub check: bool,
+}
+
+impl fmt::Display for LockReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lock = self.lock.display();
+        for change in &self.changes {
+            writeln!(f, "  {change}")?;
+        }
+        match (self.changes.is_empty(), self.check, self.written) {
+            (true, _, _) => write!(
+                f,
+                "{lock} is up to date: {} images for k3s {}",
+                self.images, self.k3s_version
+            ),
+            (false, true, _) => write!(
+                f,
+                "{lock} has drifted: {} difference(s); not written (--check)",
+                self.changes.len()
+            ),
+            (false, false, _) => write!(
+                f,
+                "updated {lock}: {} images for k3s {}, {} change(s)",
+                self.images,
+                self.k3s_version,
+                self.changes.len()
+            ),
+        }
+    }
+}
+
+/// The differences between the lock on disk and the freshly resolved one.
+fn refresh_diff(old: &ImagesLock, new: &ImagesLock, wanted: &WantedImages) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    for entry in &new.images {
+        let reference = entry.reference.to_string();
+        let Some(before) = old.get(&entry.reference) else {
+            drift.push(Drift::Missing {
+                reference,
+                sources: wanted
+                    .get(&entry.reference)
+                    .map(|s| source_names(s))
+                    .unwrap_or_default(),
+            });
+            continue;
+        };
+        let (Some(current), Some(locked)) = (entry.digest, before.digest) else {
+            drift.push(Drift::Unpinned { reference });
+            continue;
+        };
+        if current != locked {
+            drift.push(Drift::Moved {
+                reference,
+                locked,
+                current,
+            });
+            continue;
+        }
+        for (platform, digest) in &entry.platforms {
+            match before.platforms.get(platform) {
+                None => drift.push(Drift::MissingPlatform {
+                    reference: reference.clone(),
+                    platform: platform.clone(),
+                }),
+                Some(pinned) if pinned != digest => drift.push(Drift::PlatformMoved {
+                    reference: reference.clone(),
+                    platform: platform.clone(),
+                    locked: *pinned,
+                    current: *digest,
+                }),
+                Some(_) => {}
+            }
+        }
+        if entry.sandbox && !before.sandbox {
+            drift.push(Drift::NotSandbox { reference });
+        }
+    }
+    for entry in &old.images {
+        if new.get(&entry.reference).is_none() {
+            drift.push(Drift::Extra {
+                reference: entry.reference.to_string(),
+            });
+        }
+    }
+    drift
+}
+
+fn read_lock(path: &Path) -> Result<(ImagesLock, Option<String>)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lock =
+                ImagesLock::parse(&text).with_context(|| format!("in {}", path.display()))?;
+            Ok((lock, Some(text)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
+            ImagesLock {
+                version: LOCK_VERSION,
+                images: Vec::new(),
+            },
+            None,
+        )),
+        Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+/// `airgap bundle lock`: resolves every wanted image's tag now and writes
+/// the lock (entries no longer wanted dropped), or with `check` reports the
+/// differences and leaves the file alone.
+pub async fn lock(opts: &LockOptions) -> Result<LockReport> {
+    let version = release::resolve_version(&opts.version)?;
+    let first_arch = opts.arches.first().context("no architecture given")?;
+    let requested: Vec<Platform> = opts
+        .arches
+        .iter()
+        .map(|a| {
+            Platform::for_arch(a).with_context(|| {
+                format!("unknown architecture {a:?} (expected amd64, arm64 or arm)")
+            })
+        })
+        .collect::<Result<_>>()?;
+    let (old, old_text) = read_lock(&opts.lock_path)?;
+    let files = imageset::manifest_files(&opts.manifests_dir)?;
+    let manifest_images = imageset::scan_manifests(&files)?;
+    let client = release::http_client()?;
+    let k3s_images = fetch_k3s_images(&client, &opts.release, &version, first_arch)
+        .await
+        .with_context(|| format!("fetching the system image list of k3s {version}"))?;
+    let wanted = imageset::wanted_images(&old, &manifest_images, &k3s_images)?;
+
+    let resolver = Resolver::new(opts.registry.clone())?;
+    let jobs: Vec<(ImageRef, Vec<Platform>)> = wanted
+        .keys()
+        .map(|reference| {
+            let mut platforms = requested.clone();
+            let pinned = old.get(reference).map(|e| &e.platforms);
+            for key in pinned.into_iter().flat_map(BTreeMap::keys) {
+                if let Some(p) = parse_platform_key(key) {
+                    if !platforms.contains(&p) {
+                        platforms.push(p);
+                    }
+                }
+            }
+            (reference.clone(), platforms)
+        })
+        .collect();
+    let resolved: Vec<(ImageRef, Resolved)> = stream::iter(jobs.into_iter().map(|(r, p)| {
+        let resolver = &resolver;
+        async move {
+            let found = resolver.resolve(&r, &p).await?;
+            anyhow::Ok((r, found))
+        }
+    }))
+    .buffered(opts.jobs.max(1))
+    .try_collect()
+    .await?;
+
+    let mut new = ImagesLock {
+        version: LOCK_VERSION,
+        images: Vec::new(),
+    };
+    for (reference, found) in resolved {
+        let sandbox = wanted[&reference].contains(&Source::Sandbox);
+        new.images.push(LockedImage {
+            reference,
+            digest: Some(found.digest),
+            platforms: found.platforms,
+            sandbox,
+        });
+    }
+    let changes = refresh_diff(&old, &new, &wanted);
+    let text = new.render();
+    let written = !opts.check && old_text.as_deref() != Some(text.as_str());
+    if written {
+        let mut f = AtomicFile::create(&opts.lock_path)
+            .with_context(|| format!("writing {}", opts.lock_path.display()))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.commit()?;
+    }
+    Ok(LockReport {
+        lock: opts.lock_path.clone(),
+        k3s_version: version,
+        images: new.images.len(),
+        changes,
+        written,
+        check: opts.check,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(s: &str) -> ImageRef {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn locked_diff_names_every_difference() {
+        let d = Digest::of(b"top");
+        let amd64 = Platform::for_arch("amd64").unwrap();
+        let arm = Platform::for_arch("arm").unwrap();
+        let lock = ImagesLock::parse(&format!(
+            r#"{{"version":1,"images":[
+              {{"reference":"docker.io/rancher/pause:3.1","digest":"{d}","platforms":{{"linux/amd64":"{d}"}}}},
+              {{"reference":"docker.io/library/unpinned:1"}},
+              {{"reference":"docker.io/old/gone:1","digest":"{d}"}}]}}"#
+        ))
+        .unwrap();
+        let mut wanted = WantedImages::new();
+        wanted.insert(
+            reference("rancher/pause:3.1"),
+            vec![Source::Sandbox, Source::K3s],
+        );
+        wanted.insert(reference("unpinned:1"), vec![Source::Manifest]);
+        wanted.insert(reference("new/app:2"), vec![Source::Manifest]);
+        let drift = locked_diff(&lock, &wanted, &[amd64.clone(), arm]);
+        let text: Vec<String> = drift.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "docker.io/library/unpinned:1 is in images.lock without a digest",
+                "docker.io/new/app:2 is wanted (manifest) but not in images.lock",
+                "docker.io/rancher/pause:3.1 is pinned without linux/arm/v7",
+                "docker.io/rancher/pause:3.1 is the pod sandbox image but images.lock does not mark it \"sandbox\": true",
+                "docker.io/old/gone:1 is in images.lock but no longer wanted",
+            ]
+        );
+        assert!(check_locked(&lock, &wanted, &[amd64]).is_err());
+    }
+
+    #[test]
+    fn platform_keys_round_trip() {
+        for arch in ["amd64", "arm64", "arm"] {
+            let p = Platform::for_arch(arch).unwrap();
+            assert_eq!(parse_platform_key(&platform_key(&p)), Some(p));
+        }
+        assert_eq!(
+            platform_key(&Platform::for_arch("arm").unwrap()),
+            "linux/arm/v7"
+        );
+        assert!(parse_platform_key("linux").is_none());
+        assert!(parse_platform_key("a/b/c/d").is_none());
+    }
+}

@@ -1,0 +1,373 @@
+//! images.lock, cargo-style, and the offline-readiness lint, end to end
+//! against a real docker-registry: `build --locked` fails naming every
+//! difference before it downloads anything; a plain build pins unpinned
+//! entries and drops unwanted ones; `bundle lock --check` sees a tag that
+//! moved and writes nothing; `bundle lint` names a `:latest` image without a
+//! pull policy by file, line and container (`--allow-latest` downgrades it);
+//! one bundle carries amd64 and arm64.
+
+mod support;
+
+use airgap_testbed::seed::{self, GUESTBOOK_REFS};
+use serde_json::json;
+use support::lock::{
+    add_lock_entry, build_for, entry, lint, lock, move_tag, read_lock, references, write_manifest,
+};
+use support::tarball::Bundle;
+use support::{airgap, assert_fails_naming, assert_ok, dir_names, run, stderr, stdout, Testbed};
+
+const PAUSE: &str = "docker.io/rancher/pause:3.1";
+/// The k3s binary of the demo release, as the release server serves it.
+const K3S_BINARY_PATH: &str = "/v1.20.6+k3s1/k3s";
+
+/// A manifest image missing from the lock.
+const EXTRA_APP: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: cache}
+spec:
+  template:
+    spec:
+      containers:
+        - name: redis
+          image: docker.io/library/redis:6.2
+          imagePullPolicy: IfNotPresent
+";
+
+/// A `:latest` image without a pull policy, in document 2, line 16.
+const LATEST_APP: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  template:
+    spec:
+      containers:
+        - name: nginx
+          image: kubeguide/redis-master:latest
+";
+
+#[test]
+fn a_build_pins_unpinned_entries_and_drops_unwanted_ones() {
+    let tb = Testbed::start();
+    add_lock_entry(&tb, json!({"reference": "docker.io/old/gone:1"}));
+    let before = read_lock(&tb);
+    assert!(entry(&before, GUESTBOOK_REFS[0])["digest"].is_null());
+
+    let out = tb.build("site.tar.zst", &["--json"]);
+    assert_ok(&out, "build");
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(summary["lock_updated"], true);
+
+    // Every wanted image pinned (the k3s system images too), as the
+    // registry has it; the entry nobody wants is gone.
+    let lock = read_lock(&tb);
+    let mut refs = references(&lock);
+    refs.sort();
+    let mut want = tb.seeded.references();
+    want.sort();
+    assert_eq!(refs, want, "{lock:#}");
+    for image in &tb.seeded.images {
+        let e = entry(&lock, &image.reference);
+        assert_eq!(e["digest"], image.digest.to_string(), "{}", image.reference);
+        let amd64 = image.platform("amd64").unwrap();
+        assert_eq!(
+            e["platforms"]["linux/amd64"],
+            amd64.digest.to_string(),
+            "{}",
+            image.reference
+        );
+    }
+    assert_eq!(entry(&lock, PAUSE)["sandbox"], true);
+
+    // The lock now fits: a --locked build succeeds and leaves it alone.
+    let pinned = std::fs::read(tb.lock_path()).unwrap();
+    tb.build_ok("again.tar.zst", &["--locked"]);
+    assert_eq!(std::fs::read(tb.lock_path()).unwrap(), pinned);
+}
+
+#[test]
+fn locked_fails_naming_every_difference_before_downloading() {
+    let tb = Testbed::start();
+    // The repo's lock is unpinned: --locked names every wanted image.
+    let before = std::fs::read(tb.lock_path()).unwrap();
+    let out = tb.build("site.tar.zst", &["--locked"]);
+    let err = assert_fails_naming(
+        &out,
+        "build --locked with an unpinned lock",
+        &[
+            "--locked",
+            &format!("{} is in images.lock without a digest", GUESTBOOK_REFS[0]),
+            "docker.io/rancher/coredns-coredns:1.8.3 is wanted (k3s) but not in images.lock",
+            "airgap bundle lock",
+        ],
+    );
+    assert!(err.contains("differences") || err.contains("difference(s)"));
+    tb.assert_no_output(&before);
+
+    // Pin it, then add a manifest image and an entry nobody wants.
+    tb.build_ok("first.tar.zst", &[]);
+    std::fs::remove_file(tb.out_dir().join("first.tar.zst")).unwrap();
+    write_manifest(&tb, "extra.yaml", EXTRA_APP);
+    add_lock_entry(
+        &tb,
+        json!({"reference": "docker.io/old/gone:1", "digest": format!("{}", airgap_bundle::digest::Digest::of(b"gone"))}),
+    );
+    let before = std::fs::read(tb.lock_path()).unwrap();
+    tb.release.reset_counters();
+    let out = tb.build("site.tar.zst", &["--locked"]);
+    let err = assert_fails_naming(
+        &out,
+        "build --locked with a new manifest image",
+        &[
+            "docker.io/library/redis:6.2 is wanted (manifest) but not in images.lock",
+            "docker.io/old/gone:1 is in images.lock but no longer wanted",
+        ],
+    );
+    // Nothing else differs, and nothing was downloaded but the image list.
+    assert!(err.contains("2 difference(s)"), "{err}");
+    tb.assert_no_output(&before);
+    assert_eq!(
+        tb.release.requests(K3S_BINARY_PATH),
+        0,
+        "{:?}",
+        tb.release.all_requests()
+    );
+    assert_eq!(tb.release.requests("/v1.20.6+k3s1/k3s-images.txt"), 1);
+}
+
+#[test]
+fn lock_check_sees_a_moved_tag_and_writes_nothing() {
+    let tb = Testbed::start();
+    let out = lock(&tb, "amd64", &[]);
+    assert_ok(&out, "bundle lock");
+    let pinned = read_lock(&tb);
+    let master = tb.seeded.get(GUESTBOOK_REFS[0]);
+    assert_eq!(
+        entry(&pinned, GUESTBOOK_REFS[0])["digest"],
+        master.digest.to_string()
+    );
+    let out = lock(&tb, "amd64", &["--check"]);
+    assert_ok(&out, "bundle lock --check on a fresh lock");
+    assert!(stdout(&out).contains("up to date"), "{}", stdout(&out));
+
+    // What `lock` pinned is what a build needs: --locked accepts it as is.
+    let text = std::fs::read(tb.lock_path()).unwrap();
+    tb.build_ok("site.tar.zst", &["--locked"]);
+    assert_eq!(std::fs::read(tb.lock_path()).unwrap(), text);
+
+    // The tag moves in the registry.
+    let moved = move_tag(&tb, "kubeguide/redis-master", "latest");
+    assert_ne!(moved, master.digest);
+    let out = lock(&tb, "amd64", &["--check"]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "--check passed a moved tag:\n{all}");
+    assert_eq!(out.status.code(), Some(1));
+    for needle in [
+        format!("{} moved", GUESTBOOK_REFS[0]),
+        moved.to_string(),
+        master.digest.to_string(),
+    ] {
+        assert!(all.contains(&needle), "no {needle:?} in:\n{all}");
+    }
+    assert_eq!(
+        std::fs::read(tb.lock_path()).unwrap(),
+        text,
+        "--check wrote"
+    );
+
+    let out = lock(&tb, "amd64", &["--check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["changes"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(report["changes"][0]["kind"], "moved");
+    assert_eq!(report["changes"][0]["current"], moved.to_string());
+    assert_eq!(report["written"], false);
+
+    // Without --check the lock follows the registry.
+    assert_ok(&lock(&tb, "amd64", &[]), "bundle lock after the move");
+    let lock_now = read_lock(&tb);
+    assert_eq!(
+        entry(&lock_now, GUESTBOOK_REFS[0])["digest"],
+        moved.to_string()
+    );
+    assert_eq!(
+        entry(&lock_now, GUESTBOOK_REFS[1]),
+        entry(&pinned, GUESTBOOK_REFS[1])
+    );
+}
+
+#[test]
+fn lint_names_a_latest_image_without_pull_policy() {
+    let tb = Testbed::start();
+    let file = write_manifest(&tb, "app.yaml", LATEST_APP);
+    let finding = format!(
+        "{}:16 (document 2, Deployment web, container nginx): image kubeguide/redis-master:latest \
+         has no imagePullPolicy: IfNotPresent, so the kubelet would try to pull it on site",
+        file.display()
+    );
+
+    let out = lint(&tb, &[]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "lint passed:\n{all}");
+    assert!(all.contains(&format!("error: {finding}")), "{all}");
+
+    let out = lint(&tb, &["--allow-latest"]);
+    assert_ok(&out, "lint --allow-latest");
+    assert!(
+        stdout(&out).contains(&format!("warning: {finding}")),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = lint(&tb, &["--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["errors"], 1, "{report:#}");
+    let f = &report["findings"][0];
+    assert_eq!(f["rule"], "latest");
+    assert_eq!(f["file"], file.display().to_string());
+    assert_eq!(f["line"], 16);
+    assert_eq!(f["document"], 2);
+    assert_eq!(f["container"], "nginx");
+    assert_eq!(f["workload"], "web");
+
+    // A build fails on it before downloading anything.
+    let before = std::fs::read(tb.lock_path()).unwrap();
+    let out = tb.build("site.tar.zst", &[]);
+    assert_fails_naming(&out, "build with a :latest image", &[&finding]);
+    tb.assert_no_output(&before);
+    assert!(
+        tb.release.all_requests().is_empty(),
+        "{:?}",
+        tb.release.all_requests()
+    );
+
+    // An image the lock does not hold is an error even with --allow-latest.
+    write_manifest(&tb, "extra.yaml", EXTRA_APP);
+    let out = lint(&tb, &["--allow-latest"]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains(
+            "(document 1, Deployment cache, container redis): image docker.io/library/redis:6.2"
+        ) && all.contains("is not in images.lock"),
+        "{all}"
+    );
+}
+
+#[test]
+fn one_bundle_carries_amd64_and_arm64() {
+    let tb = Testbed::start();
+    // Only multi-arch images: the k3s system images (the guestbook's are
+    // amd64 only, and its lock entries are dropped as no longer wanted).
+    std::fs::remove_file(tb.manifests_dir().join("guestbook.yaml")).unwrap();
+    let out = build_for(&tb, "amd64,arm64", "two.tar.zst", &[]);
+    assert_ok(&out, "build --arch amd64,arm64");
+    let path = tb.out_dir().join("two.tar.zst");
+    assert_eq!(dir_names(&tb.out_dir()), ["two.tar.zst"]);
+    let bundle = Bundle::read(&path);
+
+    assert_eq!(bundle.data("bin/amd64/k3s"), seed::K3S_STAND_IN.as_bytes());
+    assert_eq!(
+        bundle.data("bin/arm64/k3s"),
+        seed::k3s_stand_in("arm64").as_bytes()
+    );
+    let blobs = bundle.blob_names();
+    let has =
+        |d: &airgap_bundle::digest::Digest| blobs.contains(&format!("images/{}", d.blob_path()));
+    let k3s_images: Vec<_> = tb
+        .seeded
+        .images
+        .iter()
+        .filter(|i| !GUESTBOOK_REFS.contains(&i.reference.as_str()))
+        .collect();
+    for image in &k3s_images {
+        assert!(has(&image.digest), "{} index", image.reference);
+        for arch in ["amd64", "arm64"] {
+            let p = image.platform(arch).unwrap();
+            assert!(has(&p.digest), "{} {arch} manifest", image.reference);
+            for b in image.blobs_for(arch) {
+                assert!(
+                    has(&b.digest),
+                    "{} {arch} blob {}",
+                    image.reference,
+                    b.digest
+                );
+            }
+        }
+        let arm = image.platform("arm").unwrap();
+        assert!(
+            !has(&arm.digest),
+            "{} arm/v7 was not asked for",
+            image.reference
+        );
+    }
+    for reference in GUESTBOOK_REFS {
+        let master = tb.seeded.get(reference);
+        assert!(!has(&master.digest), "{reference} is no longer wanted");
+    }
+
+    // The lock pins both platforms of every image, and nothing else.
+    let pins = read_lock(&tb);
+    assert_eq!(references(&pins).len(), k3s_images.len(), "{pins:#}");
+    for image in &k3s_images {
+        let e = entry(&pins, &image.reference);
+        for (key, arch) in [("linux/amd64", "amd64"), ("linux/arm64", "arm64")] {
+            assert_eq!(
+                e["platforms"][key],
+                image.platform(arch).unwrap().digest.to_string()
+            );
+        }
+    }
+
+    // `bundle lock` agrees with what the build pinned; arm/v7 (with its
+    // variant) would be a new platform.
+    assert_ok(
+        &lock(&tb, "amd64,arm64", &["--check"]),
+        "lock --check after a two-arch build",
+    );
+    let out = lock(&tb, "amd64,arm64,arm", &["--check"]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!("{PAUSE} is pinned without linux/arm/v7")),
+        "{all}"
+    );
+
+    // inspect tells what each arch gets.
+    let out = run(airgap().args(["bundle", "inspect"]).arg(&path));
+    assert_ok(&out, "inspect");
+    let text = stdout(&out);
+    let n = k3s_images.len();
+    for arch in ["amd64", "arm64"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(arch) && l.contains("images,"))
+            .unwrap_or_else(|| panic!("no {arch} line in:\n{text}"));
+        assert!(line.contains(&format!("{n} images")), "{line}");
+    }
+    let out = run(airgap().args(["bundle", "inspect", "--json"]).arg(&path));
+    assert_ok(&out, "inspect --json");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let per_arch = v["per_arch"].as_array().unwrap();
+    assert_eq!(per_arch.len(), 2, "{v:#}");
+    for (a, arch) in per_arch.iter().zip(["amd64", "arm64"]) {
+        assert_eq!(a["arch"], arch);
+        assert_eq!(a["images"], n);
+        let want: u64 = k3s_images
+            .iter()
+            .map(|i| {
+                let p = i.platform(arch).unwrap();
+                p.size + p.config.size + p.layers.iter().map(|l| l.size).sum::<u64>()
+            })
+            .sum();
+        assert_eq!(a["image_bytes"], want, "{arch}");
+    }
+    assert_eq!(per_arch[1]["k3s_bytes"], seed::k3s_stand_in("arm64").len());
+}
