@@ -397,6 +397,12 @@ struct LockArgs {
     /// Talk plain HTTP to this registry host (repeatable).
     #[arg(long, value_name = "HOST")]
     insecure_registry: Vec<String>,
+    /// Credentials for a registry host, as for `bundle build` (repeatable).
+    #[arg(long, value_name = "HOST=USER:PASSFILE")]
+    registry_auth: Vec<String>,
+    /// Also trust this CA (PEM) for registries over HTTPS (repeatable).
+    #[arg(long, value_name = "FILE")]
+    registry_ca: Vec<PathBuf>,
     /// Directory of the auto-deploy manifests.
     #[arg(long, value_name = "DIR", default_value = "manifests")]
     manifests: PathBuf,
@@ -785,7 +791,11 @@ fn bundle_lock(args: LockArgs) -> anyhow::Result<()> {
             mirrors,
             insecure: args.insecure_registry,
             jobs: args.jobs as usize,
-            ..Default::default()
+            credentials: airgap_bundler::auth::Credentials::load(
+                &args.registry_auth,
+                airgap_bundler::auth::docker_config_dir().as_deref(),
+            )?,
+            ca_files: args.registry_ca,
         },
         manifests_dir: args.manifests,
         lock_path: args.lock,

@@ -371,3 +371,35 @@ fn one_bundle_carries_amd64_and_arm64() {
     }
     assert_eq!(per_arch[1]["k3s_bytes"], seed::k3s_stand_in("arm64").len());
 }
+
+#[test]
+fn bundle_lock_uses_the_registry_credentials() {
+    let mut tb = Testbed::start();
+    let registry = airgap_testbed::Registry::start_with(
+        airgap_testbed::RegistryOptions::new().basic_auth("tester", "s3cret"),
+    )
+    .unwrap();
+    support::cache::swap_registry(&mut tb, registry);
+    let host = tb.registry.addr().to_string();
+    let docker = tb.work().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let before = std::fs::read(tb.lock_path()).unwrap();
+
+    let out = run(support::lock::lock_command(&tb, "amd64", &[]).env("DOCKER_CONFIG", &docker));
+    assert_fails_naming(&out, "an anonymous bundle lock", &[&host]);
+    assert_eq!(std::fs::read(tb.lock_path()).unwrap(), before);
+
+    let pw = tb.work().join("registry-password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let flag = format!("{host}=tester:{}", pw.display());
+    let mut cmd = support::lock::lock_command(&tb, "amd64", &["--registry-auth", &flag]);
+    assert_ok(
+        &run(cmd.env("DOCKER_CONFIG", &docker)),
+        "lock --registry-auth",
+    );
+    let pins = read_lock(&tb);
+    assert_eq!(
+        entry(&pins, GUESTBOOK_REFS[0])["digest"],
+        tb.seeded.get(GUESTBOOK_REFS[0]).digest.to_string()
+    );
+}

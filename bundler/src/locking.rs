@@ -13,6 +13,7 @@
 //! index, its small config) and never a layer; every digest recorded is one
 //! computed here over the bytes received, never one a registry announced.
 
+use crate::auth::Credentials;
 use crate::imageset::{self, Source, WantedImages};
 use crate::registry::{Puller, RegistryConfig};
 use crate::release::{self, error_chain, install_tls_provider, ReleaseSource, USER_AGENT};
@@ -24,8 +25,7 @@ use airgap_bundle::oci::{Descriptor, MAX_MANIFEST_BYTES};
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::{Client, Reference};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -270,12 +270,13 @@ pub struct Resolved {
     pub platforms: BTreeMap<String, Digest>,
 }
 
-/// Resolves tags to digests through the same mirrors and plain-HTTP hosts
-/// as pulls.
+/// Resolves tags to digests through the same mirrors, plain-HTTP hosts,
+/// credentials and extra CAs as pulls.
 pub struct Resolver {
     client: Client,
     /// Maps image registries to the hosts contacted.
     puller: Puller,
+    credentials: Credentials,
 }
 
 impl Resolver {
@@ -290,7 +291,17 @@ impl Resolver {
                 plain.insert(rest.trim_end_matches('/').to_string());
             }
         }
+        let mut extra_root_certificates = Vec::new();
+        for file in &config.ca_files {
+            let data = std::fs::read(file)
+                .with_context(|| format!("reading registry CA {}", file.display()))?;
+            extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
         let client_config = ClientConfig {
+            extra_root_certificates,
             protocol: ClientProtocol::HttpsExcept(plain.into_iter().collect()),
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(30)),
@@ -302,6 +313,7 @@ impl Resolver {
             .map_err(|e| anyhow!("creating the registry client: {}", error_chain(&e)))?;
         Ok(Resolver {
             client,
+            credentials: config.credentials.clone(),
             puller: Puller::new(config)?,
         })
     }
@@ -311,7 +323,10 @@ impl Resolver {
         let host = self.puller.host_for(image);
         self.resolve_inner(image, &host, platforms)
             .await
-            .with_context(|| format!("resolving {image} at {host}"))
+            .with_context(|| match self.credentials.describe(&host) {
+                Some(who) => format!("resolving {image} at {host} ({who})"),
+                None => format!("resolving {image} at {host}"),
+            })
     }
 
     async fn resolve_inner(
@@ -324,7 +339,11 @@ impl Resolver {
         let source = Reference::with_tag(host.to_string(), image.repository.clone(), tag);
         let (bytes, _) = self
             .client
-            .pull_manifest_raw(&source, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES)
+            .pull_manifest_raw(
+                &source,
+                &self.credentials.for_host(host),
+                MANIFEST_MEDIA_TYPES,
+            )
             .await
             .map_err(|e| anyhow!("{}", error_chain(&e)))?;
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
