@@ -15,12 +15,12 @@
 
 use crate::auth::Credentials;
 use crate::imageset::{self, Source, WantedImages};
-use crate::registry::{Puller, RegistryConfig};
+use crate::registry::{select, Puller, RegistryConfig};
 use crate::release::{self, error_chain, install_tls_provider, ReleaseSource, USER_AGENT};
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::Digest;
 use airgap_bundle::lock::{ImagesLock, LockedImage, LOCK_NAME, LOCK_VERSION};
-use airgap_bundle::oci::{is_manifest, AnyManifest, Platform, MANIFEST_MEDIA_TYPES};
+use airgap_bundle::oci::{AnyManifest, Platform, MANIFEST_MEDIA_TYPES};
 use airgap_bundle::oci::{Descriptor, MAX_MANIFEST_BYTES};
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -408,30 +408,6 @@ impl Resolver {
         serde_json::from_slice(&bytes)
             .with_context(|| format!("config {}: no os and architecture", config.digest))
     }
-}
-
-/// The index entry for `wanted` (the variant counts: linux/arm/v7 is not v6).
-fn select<'a>(entries: &'a [Descriptor], wanted: &Platform) -> Result<&'a Descriptor> {
-    entries
-        .iter()
-        .find(|d| {
-            is_manifest(&d.media_type) && d.platform.as_ref().is_some_and(|p| wanted.matches(p))
-        })
-        .ok_or_else(|| {
-            let have: Vec<String> = entries
-                .iter()
-                .filter_map(|d| d.platform.as_ref())
-                .map(ToString::to_string)
-                .collect();
-            anyhow!(
-                "no manifest for platform {wanted} (the index has: {})",
-                if have.is_empty() {
-                    "none with a platform".to_string()
-                } else {
-                    have.join(", ")
-                }
-            )
-        })
 }
 
 /// Everything `airgap bundle lock` needs.

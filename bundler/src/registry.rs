@@ -748,7 +748,7 @@ fn code_name(code: &OciErrorCode) -> String {
 
 /// The index entry for `wanted`: the first image manifest whose platform
 /// matches (variants respected).
-fn select<'a>(entries: &'a [Descriptor], wanted: &Platform) -> Result<&'a Descriptor> {
+pub(crate) fn select<'a>(entries: &'a [Descriptor], wanted: &Platform) -> Result<&'a Descriptor> {
     entries
         .iter()
         .find(|d| {
