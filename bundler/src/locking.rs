@@ -16,7 +16,7 @@
 use crate::auth::Credentials;
 use crate::imageset::{self, Source, WantedImages};
 use crate::registry::{select, Puller, RegistryConfig};
-use crate::release::{self, error_chain, install_tls_provider, ReleaseSource, USER_AGENT};
+use crate::release::{self, error_chain, ReleaseSource};
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::Digest;
 use airgap_bundle::lock::{ImagesLock, LockedImage, LOCK_NAME, LOCK_VERSION};
@@ -25,13 +25,11 @@ use airgap_bundle::oci::{Descriptor, MAX_MANIFEST_BYTES};
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Most bytes read of a release text asset (`k3s-images.txt`, checksums).
 const MAX_TEXT_ASSET: usize = 1 << 20;
@@ -273,46 +271,16 @@ pub struct Resolved {
 /// Resolves tags to digests through the same mirrors, plain-HTTP hosts,
 /// credentials and extra CAs as pulls.
 pub struct Resolver {
-    client: Client,
-    /// Maps image registries to the hosts contacted.
+    /// Its client, and the map from image registries to the hosts contacted.
     puller: Puller,
     credentials: Credentials,
 }
 
 impl Resolver {
     pub fn new(config: RegistryConfig) -> Result<Resolver> {
-        install_tls_provider();
-        let mut plain: BTreeSet<String> = config.insecure.iter().cloned().collect();
-        if plain.contains("docker.io") {
-            plain.insert("index.docker.io".to_string());
-        }
-        for (_, url) in &config.mirrors {
-            if let Some(rest) = url.strip_prefix("http://") {
-                plain.insert(rest.trim_end_matches('/').to_string());
-            }
-        }
-        let mut extra_root_certificates = Vec::new();
-        for file in &config.ca_files {
-            let data = std::fs::read(file)
-                .with_context(|| format!("reading registry CA {}", file.display()))?;
-            extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
-        }
-        let client_config = ClientConfig {
-            extra_root_certificates,
-            protocol: ClientProtocol::HttpsExcept(plain.into_iter().collect()),
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(120)),
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        let client = Client::try_from(client_config)
-            .map_err(|e| anyhow!("creating the registry client: {}", error_chain(&e)))?;
+        // The puller's client already speaks to the mirrors, plain-HTTP hosts
+        // and extra CAs of `config`: resolving uses the same one.
         Ok(Resolver {
-            client,
             credentials: config.credentials.clone(),
             puller: Puller::new(config)?,
         })
@@ -338,7 +306,8 @@ impl Resolver {
         let tag = image.tag.clone().unwrap_or_else(|| "latest".to_string());
         let source = Reference::with_tag(host.to_string(), image.repository.clone(), tag);
         let (bytes, _) = self
-            .client
+            .puller
+            .client()
             .pull_manifest_raw(
                 &source,
                 &self.credentials.for_host(host),
@@ -393,7 +362,8 @@ impl Resolver {
             );
         }
         let mut bytes: Vec<u8> = Vec::new();
-        self.client
+        self.puller
+            .client()
             .pull_blob(source, config.digest.to_string().as_str(), &mut bytes)
             .await
             .map_err(|e| anyhow!("config {}: {}", config.digest, error_chain(&e)))?;

@@ -132,6 +132,12 @@ pub struct Puller {
 }
 
 impl Puller {
+    /// The registry client, configured for this run's mirrors, plain-HTTP
+    /// hosts and CAs.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn new(config: RegistryConfig) -> Result<Puller> {
         install_tls_provider();
         let mut mirrors = HashMap::new();
