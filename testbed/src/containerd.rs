@@ -260,18 +260,7 @@ impl Containerd {
             let _ = stdin.flush();
         }
         if let Some(mut child) = self.watchdog.take() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
+            crate::registry::wait_or_kill(&mut child, Duration::from_secs(20));
         }
         unmount_under(&self.path);
     }

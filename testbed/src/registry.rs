@@ -361,18 +361,7 @@ impl Registry {
             let _ = stdin.flush();
         }
         if let Some(mut child) = self.watchdog.take() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
+            wait_or_kill(&mut child, Duration::from_secs(5));
         }
     }
 
@@ -477,6 +466,23 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Waits up to `timeout` for a watchdog to finish its cleanup and exit, then
+/// kills it: a test's teardown must not hang on a stuck one.
+pub(crate) fn wait_or_kill(child: &mut std::process::Child, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 #[cfg(test)]
