@@ -1,8 +1,12 @@
 //! A loopback HTTP/1.1 proxy in front of a server of the rig (the registry),
-//! for tests of broken downloads: it forwards each request on a connection
-//! of its own, records what was asked (path, `Range`) and how many body
-//! bytes went back, and can cut one response off after N body bytes, once,
-//! or answer requests with an error status instead of forwarding them.
+//! for tests of broken downloads and flaky registries: it forwards each
+//! request on a connection of its own, records what was asked (path,
+//! `Range`) and how many body bytes went back, and can inject faults into
+//! the requests whose target contains a given string: cut one response off
+//! after N body bytes, answer with an error status instead of forwarding,
+//! stall (pass N body bytes, then send nothing until the client gives up),
+//! or serve the wrong blob with a 200 (another path's body, or the right
+//! body with one byte flipped).
 //!
 //! One request per connection: it tells both sides `Connection: close`. It
 //! trusts both sides: they are the test and the rig's own server.
@@ -29,6 +33,36 @@ pub struct Forwarded {
     pub body_bytes: u64,
     /// Whether the proxy cut this response off.
     pub cut: bool,
+    /// Whether the proxy stalled this response (and then closed it).
+    pub stalled: bool,
+    /// Whether the proxy served another body than the one asked for.
+    pub replaced: bool,
+}
+
+/// A stall to inject: pass `after` body bytes, then nothing for `hold`
+/// (or until the client closes), then close.
+struct Stall {
+    needle: String,
+    after: u64,
+    hold: Duration,
+    /// How many more responses to stall.
+    times: u32,
+}
+
+/// How the proxy serves the wrong blob.
+#[derive(Debug, Clone)]
+enum Wrong {
+    /// Forwards this other target instead (another blob's body, its size).
+    Target(String),
+    /// Forwards the right target but flips the middle byte of the body
+    /// (same size, different digest).
+    Flip,
+}
+
+struct Swap {
+    needle: String,
+    wrong: Wrong,
+    times: u32,
 }
 
 #[derive(Default)]
@@ -40,6 +74,8 @@ struct State {
     cut: Mutex<Option<(String, u64)>>,
     /// (substring of the target, status to answer, how many more times).
     fail: Mutex<Option<(String, u16, u32)>>,
+    stall: Mutex<Option<Stall>>,
+    swap: Mutex<Option<Swap>>,
     log: Mutex<Vec<Forwarded>>,
 }
 
@@ -103,6 +139,42 @@ impl Proxy {
     /// with `status` (an empty body) instead of forwarding them.
     pub fn fail(&self, needle: &str, status: u16, times: u32) {
         *self.state.fail.lock().unwrap() = Some((needle.to_string(), status, times));
+    }
+
+    /// Stalls the next `times` successful responses to GETs whose target
+    /// contains `needle` (`u32::MAX`: all of them): the head and `after`
+    /// body bytes go through, then nothing for `hold` or until the client
+    /// closes the connection, whichever comes first; then the proxy closes
+    /// it. A client whose read timeout is shorter than `hold` times out.
+    pub fn stall(&self, needle: &str, after: u64, times: u32, hold: Duration) {
+        *self.state.stall.lock().unwrap() = Some(Stall {
+            needle: needle.to_string(),
+            after,
+            hold,
+            times,
+        });
+    }
+
+    /// Answers the next `times` GETs whose target contains `needle` with the
+    /// upstream's answer to `other` (path and query) instead: another blob,
+    /// served with a 200 as if it were the one asked for.
+    pub fn serve_instead(&self, needle: &str, other: &str, times: u32) {
+        *self.state.swap.lock().unwrap() = Some(Swap {
+            needle: needle.to_string(),
+            wrong: Wrong::Target(other.to_string()),
+            times,
+        });
+    }
+
+    /// Flips the middle byte of the body of the next `times` successful
+    /// responses to GETs whose target contains `needle`: the right size, the
+    /// wrong digest.
+    pub fn corrupt(&self, needle: &str, times: u32) {
+        *self.state.swap.lock().unwrap() = Some(Swap {
+            needle: needle.to_string(),
+            wrong: Wrong::Flip,
+            times,
+        });
     }
 
     /// Every request forwarded so far, in the order they finished (after
@@ -211,8 +283,26 @@ fn forward(client: TcpStream, upstream: SocketAddr, state: &State) -> Result<()>
             status,
             body_bytes: 0,
             cut: false,
+            stalled: false,
+            replaced: false,
         });
         return Ok(());
+    }
+    let wrong = if method == "GET" {
+        let mut swap = state.swap.lock().unwrap();
+        match swap.as_mut() {
+            Some(s) if s.times > 0 && target.contains(s.needle.as_str()) => {
+                s.times -= 1;
+                Some(s.wrong.clone())
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let mut request = request;
+    if let Some(Wrong::Target(other)) = &wrong {
+        request[0] = format!("{method} {other} HTTP/1.1");
     }
     let server = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
     server.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -242,15 +332,46 @@ fn forward(client: TcpStream, upstream: SocketAddr, state: &State) -> Result<()>
             _ => None,
         }
     };
+    let ok = method == "GET" && (status == 200 || status == 206);
+    let stall = if ok {
+        let mut stall = state.stall.lock().unwrap();
+        match stall.as_mut() {
+            Some(s) if s.times > 0 && target.contains(s.needle.as_str()) => {
+                s.times -= 1;
+                Some((s.after, s.hold))
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    // The body offset whose byte is flipped.
+    let flip_at = match (&wrong, ok) {
+        (Some(Wrong::Flip), true) => Some(
+            header(&response, "content-length")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                / 2,
+        ),
+        _ => None,
+    };
+    let stop_at = match (limit, stall) {
+        (Some(l), Some((s, _))) => Some(l.min(s)),
+        (l, s) => l.or(s.map(|(after, _)| after)),
+    };
     let mut body_bytes = 0u64;
     let mut buf = vec![0u8; 64 << 10];
     let head_only = method == "HEAD";
+    let mut stalled = false;
     loop {
         if head_only {
             break;
         }
-        let want = match limit {
-            Some(l) if body_bytes >= l => break,
+        let want = match stop_at {
+            Some(l) if body_bytes >= l => {
+                stalled = stall.is_some_and(|(after, _)| after == l);
+                break;
+            }
             Some(l) => ((l - body_bytes) as usize).min(buf.len()),
             None => buf.len(),
         };
@@ -258,10 +379,18 @@ fn forward(client: TcpStream, upstream: SocketAddr, state: &State) -> Result<()>
         if n == 0 {
             break;
         }
+        if let Some(at) = flip_at {
+            if (body_bytes..body_bytes + n as u64).contains(&at) {
+                buf[(at - body_bytes) as usize] ^= 0xff;
+            }
+        }
         client_w.write_all(&buf[..n])?;
         body_bytes += n as u64;
     }
     client_w.flush()?;
+    if let (true, Some((_, hold))) = (stalled, stall) {
+        hold_until_closed(&mut client_reader, hold);
+    }
     let _ = client_w.shutdown(Shutdown::Both);
     state.log.lock().unwrap().push(Forwarded {
         method,
@@ -269,9 +398,33 @@ fn forward(client: TcpStream, upstream: SocketAddr, state: &State) -> Result<()>
         range,
         status,
         body_bytes,
-        cut: limit.is_some(),
+        cut: limit.is_some() && !stalled,
+        stalled,
+        replaced: wrong.is_some() && ok,
     });
     Ok(())
+}
+
+/// Sends nothing until the client closes its side (it timed out) or `hold`
+/// has passed.
+fn hold_until_closed(client: &mut BufReader<TcpStream>, hold: Duration) {
+    let deadline = std::time::Instant::now() + hold;
+    let _ = client
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)));
+    let mut byte = [0u8; 1];
+    while std::time::Instant::now() < deadline {
+        match client.read(&mut byte) {
+            // Closed by the client (or it sent a byte it should not have).
+            Ok(_) => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -301,5 +454,67 @@ mod tests {
         assert!(seen[0].cut && seen[0].body_bytes == 100);
         assert_eq!(seen[2].range.as_deref(), Some("bytes=100-"));
         assert_eq!(seen[2].body_bytes, bytes.len() as u64 - 100);
+    }
+
+    #[test]
+    fn stalls_and_serves_wrong_blobs() {
+        let reg = Registry::start().unwrap();
+        let bytes: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let blob = crate::image::Blob::from_bytes(bytes.clone());
+        let other = crate::image::Blob::from_bytes(b"another blob".to_vec());
+        assert!(reg.client().push_blob("p/q", &blob).unwrap());
+        assert!(reg.client().push_blob("p/q", &other).unwrap());
+        let proxy = Proxy::start(reg.addr()).unwrap();
+        let path = format!("/v2/p/q/blobs/{}", blob.digest);
+        let url = format!("{}{path}", proxy.url());
+
+        // A stall held for less than the client's read timeout: the proxy
+        // closes after it, short.
+        proxy.stall(&blob.digest.hex(), 300, 1, Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        assert!(http::get(&url, &[]).is_err(), "stalled, then closed short");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(http::get(&url, &[]).unwrap().body, bytes, "once only");
+
+        proxy.corrupt(&blob.digest.hex(), 1);
+        let flipped = http::get(&url, &[]).unwrap();
+        assert_eq!(flipped.status, 200);
+        assert_eq!(flipped.body.len(), bytes.len());
+        let differ: Vec<usize> = (0..bytes.len())
+            .filter(|&i| flipped.body[i] != bytes[i])
+            .collect();
+        assert_eq!(differ, [bytes.len() / 2]);
+
+        proxy.serve_instead(
+            &blob.digest.hex(),
+            &format!("/v2/p/q/blobs/{}", other.digest),
+            1,
+        );
+        let swapped = http::get(&url, &[]).unwrap();
+        assert_eq!(
+            (swapped.status, swapped.body.as_slice()),
+            (200, &b"another blob"[..])
+        );
+        assert_eq!(http::get(&url, &[]).unwrap().body, bytes);
+
+        let seen = proxy.forwarded_matching(&path);
+        // Logged as they finish: a connection's log may come after the
+        // next one's.
+        let mut flags: Vec<(bool, bool, u64)> = seen
+            .iter()
+            .map(|f| (f.stalled, f.replaced, f.body_bytes))
+            .collect();
+        flags.sort();
+        let n = bytes.len() as u64;
+        assert_eq!(
+            flags,
+            [
+                (false, false, n),
+                (false, false, n),
+                (false, true, 12),
+                (false, true, n),
+                (true, false, 300),
+            ]
+        );
     }
 }
