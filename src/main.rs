@@ -202,6 +202,10 @@ struct BuildArgs {
     /// Also trust this CA (PEM) for registries over HTTPS (repeatable).
     #[arg(long, value_name = "FILE")]
     registry_ca: Vec<PathBuf>,
+    /// Seconds a registry may send nothing (no answer, or no bytes of a
+    /// download) before the request is given up and retried.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    registry_timeout: u64,
     /// How the release server lays out a version's files: github
     /// (<URL>/<version>/<asset>) or cn, the mirror many users in China use
     /// (<URL>/k3s/<version with + as ->/<asset>, e.g. https://rancher-mirror.rancher.cn).
@@ -695,6 +699,7 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
                 airgap_bundler::auth::docker_config_dir().as_deref(),
             )?,
             ca_files: args.registry_ca.clone(),
+            read_timeout: std::time::Duration::from_secs(args.registry_timeout),
         },
         cache: if args.no_cache {
             None
@@ -796,6 +801,7 @@ fn bundle_lock(args: LockArgs) -> anyhow::Result<()> {
                 airgap_bundler::auth::docker_config_dir().as_deref(),
             )?,
             ca_files: args.registry_ca,
+            ..RegistryConfig::default()
         },
         manifests_dir: args.manifests,
         lock_path: args.lock,

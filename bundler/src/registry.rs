@@ -11,8 +11,9 @@
 //!
 //! What the store (the cache) already has is not fetched: a manifest pinned
 //! by digest, a blob, each hashed again first. A blob download that breaks
-//! off is kept and resumed with a Range request; 5xx, 429 and broken
-//! connections are retried a few times with backoff.
+//! off is kept and resumed with a Range request; 5xx, 429, broken
+//! connections and reads that stall longer than the read timeout
+//! (`--registry-timeout`) are retried a few times with backoff.
 
 use crate::auth::Credentials;
 use crate::progress::Progress;
@@ -45,6 +46,8 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// (0.2 s, 0.4 s, 0.8 s, 1.6 s).
 const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a registry may send nothing, by default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where images are pulled from and how hard.
 #[derive(Debug, Clone)]
@@ -61,6 +64,9 @@ pub struct RegistryConfig {
     pub credentials: Credentials,
     /// PEM files of extra CAs to trust (a registry with a private CA).
     pub ca_files: Vec<PathBuf>,
+    /// How long a registry may send nothing (no answer, or no body bytes)
+    /// before the request is given up and retried.
+    pub read_timeout: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -71,6 +77,7 @@ impl Default for RegistryConfig {
             jobs: 4,
             credentials: Credentials::default(),
             ca_files: Vec::new(),
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }
@@ -129,6 +136,7 @@ pub struct Puller {
     permits: Arc<Semaphore>,
     jobs: usize,
     credentials: Credentials,
+    read_timeout: Duration,
 }
 
 impl Puller {
@@ -176,7 +184,7 @@ impl Puller {
             platform_resolver: None,
             max_concurrent_download: jobs,
             connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(120)),
+            read_timeout: Some(config.read_timeout),
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
@@ -189,6 +197,7 @@ impl Puller {
             permits: Arc::new(Semaphore::new(jobs)),
             jobs,
             credentials: config.credentials,
+            read_timeout: config.read_timeout,
         })
     }
 
@@ -545,6 +554,16 @@ impl Job<'_> {
                 // oci-client's own check at the end of a whole stream: the
                 // writer has seen every byte and gives the typed error.
                 Err(e) if e.get_ref().is_some_and(|inner| inner.is::<DigestError>()) => break,
+                Err(e) if is_read_timeout(&e) => {
+                    return Err(Failed::Retry(anyhow!(
+                        "{} sent nothing for {:?} (the read timeout, --registry-timeout) \
+                         after {} of {} bytes",
+                        self.host,
+                        self.puller.read_timeout,
+                        writer.written(),
+                        desc.size,
+                    )))
+                }
                 Err(e) => {
                     return Err(Failed::Retry(anyhow!(
                         "reading from {} after {} of {} bytes: {}",
@@ -608,8 +627,12 @@ impl Job<'_> {
         match e {
             OciDistributionError::RequestError(e) => {
                 let chain = error_chain(&e);
-                if e.is_timeout() {
-                    anyhow!("{scheme}://{host} did not answer in time: {chain}")
+                if e.is_timeout() && !e.is_connect() {
+                    anyhow!(
+                        "{scheme}://{host} did not answer within the read timeout \
+                         ({:?}, --registry-timeout): {chain}",
+                        self.puller.read_timeout
+                    )
                 } else if e.is_connect() {
                     let tls = ["tls", "certificate", "corrupt message", "handshake"]
                         .iter()
@@ -727,6 +750,15 @@ fn retryable(e: &OciDistributionError) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a body stream broke off because nothing came within the read
+/// timeout.
+fn is_read_timeout(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout)
 }
 
 /// Whether a connection failed on the server's certificate (which no retry
