@@ -11,11 +11,33 @@ use std::path::{Path, PathBuf};
 pub struct AtomicFile {
     target: PathBuf,
     temp: tempfile::NamedTempFile,
+    modes: ModeSupport,
+}
+
+/// Whether the target's file system must keep file modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeSupport {
+    /// A mode that cannot be set is an error.
+    Required,
+    /// FAT keeps no modes and refuses `chmod` (EPERM): the mode is set where
+    /// the file system keeps modes and skipped where it refuses. For files a
+    /// stick carries (bundle parts); never for the host's files.
+    IfKept,
 }
 
 impl AtomicFile {
     /// Starts a file that will become `target`; its directory must exist.
+    /// It gets the mode of the file it replaces, or 0644, unless the caller
+    /// sets one.
     pub fn create(target: &Path) -> anyhow::Result<Self> {
+        let mode = std::fs::metadata(target)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .unwrap_or(0o644);
+        Self::create_with_mode(target, mode, ModeSupport::Required)
+    }
+
+    /// Starts a file that will become `target` with `mode`.
+    pub fn create_with_mode(target: &Path, mode: u32, modes: ModeSupport) -> anyhow::Result<Self> {
         let dir = parent_dir(target);
         let name = target
             .file_name()
@@ -26,15 +48,12 @@ impl AtomicFile {
             .suffix(".partial")
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        // Temporary files are created 0600; the result gets the mode of the
-        // file it replaces, or 0644, unless the caller sets one.
-        let mode = std::fs::metadata(target)
-            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
-            .unwrap_or(0o644);
         let file = Self {
             target: target.to_path_buf(),
             temp,
+            modes,
         };
+        // Temporary files are created 0600.
         file.set_mode(mode)
             .with_context(|| format!("setting the mode of {}", file.temp_path().display()))?;
         Ok(file)
@@ -73,11 +92,17 @@ impl AtomicFile {
         self.temp.as_file_mut()
     }
 
+    /// Sets the mode the file will have (see [`ModeSupport`]).
     pub fn set_mode(&self, mode: u32) -> io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        self.temp
+        match self
+            .temp
             .as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))
+        {
+            Err(e) if self.modes == ModeSupport::IfKept && e.raw_os_error() == Some(1) => Ok(()),
+            other => other,
+        }
     }
 
     /// fsyncs the content, renames it over the target and fsyncs the directory.

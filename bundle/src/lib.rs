@@ -18,6 +18,7 @@ pub mod path;
 pub mod read;
 pub mod reference;
 pub mod sign;
+pub mod space;
 pub mod source;
 pub mod split;
 pub mod sums;

@@ -10,6 +10,7 @@
 //! read (sizes and heads, a cheap check), and a damaged one when its end is
 //! reached (the full sha256, checked as it streams).
 
+use crate::atomic::{AtomicFile, ModeSupport};
 use crate::digest::{Digest, Hasher};
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
@@ -135,86 +136,20 @@ impl PartsManifest {
 
 // ---------------------------------------------------------------- writing
 
-/// A file published by rename once complete, like [`crate::atomic::AtomicFile`],
-/// but whose mode is set only where the file system keeps modes: FAT refuses
-/// `chmod`, and a stick is the reason parts exist.
-pub struct PublishFile {
-    target: PathBuf,
-    temp: tempfile::NamedTempFile,
-}
-
-impl PublishFile {
-    pub fn create(target: &Path, mode: u32) -> anyhow::Result<Self> {
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", file_name(target)))
-            .suffix(".partial")
-            .tempfile_in(dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        if let Err(e) = temp
-            .as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))
-        {
-            // EPERM is FAT saying it has no modes; anything else is real.
-            if e.raw_os_error() != Some(1) {
-                return Err(e).with_context(|| format!("setting the mode of {}", target.display()));
-            }
-        }
-        Ok(Self {
-            target: target.to_path_buf(),
-            temp,
-        })
-    }
-
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
-    pub fn temp_path(&self) -> &Path {
-        self.temp.path()
-    }
-
-    /// fsyncs, renames over the target and fsyncs the directory.
-    pub fn commit(self) -> anyhow::Result<PathBuf> {
-        self.temp
-            .as_file()
-            .sync_all()
-            .with_context(|| format!("syncing {}", self.target.display()))?;
-        let target = self.target;
-        self.temp
-            .persist(&target)
-            .map_err(|e| e.error)
-            .with_context(|| format!("renaming into {}", target.display()))?;
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        crate::atomic::sync_dir(dir)?;
-        Ok(target)
-    }
-}
-
-impl Write for PublishFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.temp.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.temp.flush()
-    }
+/// A part (or the list) published by rename once complete; a stick's FAT
+/// keeps no modes, and a stick is the reason parts exist.
+fn publish_file(target: &Path) -> anyhow::Result<AtomicFile> {
+    AtomicFile::create_with_mode(target, 0o644, ModeSupport::IfKept)
 }
 
 struct OpenPart {
-    file: PublishFile,
+    file: AtomicFile,
     hasher: Hasher,
     head: Hasher,
 }
 
 impl OpenPart {
-    fn close(self) -> (PublishFile, PartInfo) {
+    fn close(self) -> (AtomicFile, PartInfo) {
         let name = file_name(self.file.target());
         let head = self.head.finish().digest;
         let whole = self.hasher.finish();
@@ -234,7 +169,7 @@ pub struct SplitWriter {
     base: PathBuf,
     part_size: u64,
     current: Option<OpenPart>,
-    done: Vec<(PublishFile, PartInfo)>,
+    done: Vec<(AtomicFile, PartInfo)>,
     whole: Hasher,
 }
 
@@ -255,7 +190,7 @@ impl SplitWriter {
     fn open_next(&mut self) -> io::Result<&mut OpenPart> {
         if self.current.is_none() {
             let path = part_path(&self.base, self.done.len());
-            let file = PublishFile::create(&path, 0o644).map_err(io::Error::other)?;
+            let file = publish_file(&path).map_err(io::Error::other)?;
             self.current = Some(OpenPart {
                 file,
                 hasher: Hasher::new(),
@@ -323,7 +258,7 @@ impl Write for SplitWriter {
 /// Every part written, none published.
 pub struct SplitParts {
     base: PathBuf,
-    files: Vec<PublishFile>,
+    files: Vec<AtomicFile>,
     pub manifest: PartsManifest,
 }
 
@@ -353,7 +288,7 @@ impl SplitParts {
             parts.push(f.commit()?);
         }
         let manifest_path = manifest_path(&self.base);
-        let mut list = PublishFile::create(&manifest_path, 0o644)?;
+        let mut list = publish_file(&manifest_path)?;
         let mut text = serde_json::to_vec_pretty(&self.manifest)?;
         text.push(b'\n');
         list.write_all(&text)

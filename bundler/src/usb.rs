@@ -7,11 +7,12 @@
 //! included, before any of it is renamed into place: a stick that holds a
 //! bundle holds one that verifies with the key beside it.
 
+use airgap_bundle::atomic::{AtomicFile, ModeSupport};
 use airgap_bundle::digest::{Digest, Hasher, HashingReader};
 use airgap_bundle::read::{read_bundle, DrainSink, Trust};
 use airgap_bundle::sign::{self, PublicKey};
 use airgap_bundle::source::{decompress, open_raw};
-use airgap_bundle::split::{self, PartsReader, PublishFile, SplitWriter, FAT_MAX_FILE};
+use airgap_bundle::split::{self, PartsReader, SplitWriter, FAT_MAX_FILE};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 use std::io::{self, BufReader, Read, Write};
@@ -173,7 +174,7 @@ pub fn write_stick(bundle: &Path, opts: &UsbOptions) -> anyhow::Result<Stick> {
             files.push((file_name(&committed.manifest_path)?, Digest::of(&list)));
         }
         None => {
-            let mut out = PublishFile::create(&dest, 0o644)?;
+            let mut out = AtomicFile::create_with_mode(&dest, 0o644, ModeSupport::IfKept)?;
             io::copy(&mut source, &mut out)
                 .with_context(|| format!("copying {} to {}", bundle.display(), dest.display()))?;
             let copied = source.finish();
@@ -241,14 +242,14 @@ fn copy_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<Digest> {
     let mut input = HashingReader::new(
         std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?,
     );
-    let mut out = PublishFile::create(to, mode)?;
+    let mut out = AtomicFile::create_with_mode(to, mode, ModeSupport::IfKept)?;
     io::copy(&mut input, &mut out).with_context(|| format!("writing {}", to.display()))?;
     out.commit()?;
     Ok(input.finish().digest)
 }
 
 fn write_small(to: &Path, bytes: &[u8]) -> anyhow::Result<Digest> {
-    let mut out = PublishFile::create(to, 0o644)?;
+    let mut out = AtomicFile::create_with_mode(to, 0o644, ModeSupport::IfKept)?;
     out.write_all(bytes)
         .with_context(|| format!("writing {}", to.display()))?;
     out.commit()?;
