@@ -219,6 +219,12 @@ struct BuildArgs {
     /// staging directory.
     #[arg(long)]
     no_cache: bool,
+    /// Write the bundle even if the output is up to date. Without it, a
+    /// build whose inputs (lock, manifests, release listings, version,
+    /// arches, compression, split, key, SOURCE_DATE_EPOCH) are those of the
+    /// build that wrote the output, which is unchanged since, keeps it.
+    #[arg(long)]
+    rebuild: bool,
     /// Compression of the bundle.
     #[arg(long, value_enum, default_value_t = CompressArg::Zstd)]
     compress: CompressArg,
@@ -724,6 +730,7 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         manifests_dir: args.manifests.clone(),
         lock_path: args.lock.clone(),
         source_date_epoch,
+        rebuild: args.rebuild,
     };
     let progress = airgap_bundler::progress::progress_for(args.quiet || args.json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -748,7 +755,12 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else if !args.quiet {
         eprintln!(
-            "built {} ({}, {} images, {} distinct blobs, {} saved by sharing layers)",
+            "{} {} ({}, {} images, {} distinct blobs, {} saved by sharing layers)",
+            if summary.up_to_date {
+                "up to date, kept"
+            } else {
+                "built"
+            },
             summary.file.display(),
             airgap_bundle::inspect::human_bytes(summary.size),
             summary.images.len(),

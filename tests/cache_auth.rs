@@ -1,7 +1,8 @@
 //! The download cache, resumed downloads and registries as users have them,
 //! against the real registry and the release server: a second build with
 //! the same lock downloads nothing (it works with both servers stopped) and
-//! with `SOURCE_DATE_EPOCH` gives the same bytes; a cached blob that changed
+//! with `SOURCE_DATE_EPOCH` gives the same bytes; a build whose inputs did
+//! not change keeps the bundle already there; a cached blob that changed
 //! is fetched again; a blob download cut off midway resumes with a Range
 //! request; the China mirror layout of the release assets; basic auth from
 //! the flag and the docker config; a registry with a private CA.
@@ -12,7 +13,7 @@ use airgap_testbed::proxy::Proxy;
 use airgap_testbed::seed::DEMO_VERSION;
 use airgap_testbed::{Registry, RegistryOptions};
 use support::cache::{
-    assert_same_bundle, biggest_layer, build_at_epoch_ok, cache_dir, swap_registry,
+    assert_same_bundle, biggest_layer, build_at_epoch_ok, cache_dir, swap_registry, EPOCH,
 };
 use support::{assert_fails_naming, assert_ok, Testbed};
 
@@ -57,6 +58,103 @@ fn second_build_comes_from_the_cache_even_with_both_servers_down() {
         "a --no-cache build with the servers down",
         &["sha256sum-amd64.txt", "Connection refused"],
     );
+}
+
+/// `--json` of a build that must succeed.
+#[track_caller]
+fn build_json(tb: &Testbed, name: &str, extra: &[&str], epoch: &str) -> serde_json::Value {
+    let mut cmd = tb.build_command(name, extra);
+    let out = support::run(cmd.arg("--json").env("SOURCE_DATE_EPOCH", epoch));
+    assert_ok(&out, &format!("airgap bundle build -o {name} {extra:?}"));
+    serde_json::from_slice(&out.stdout).expect("build --json prints JSON")
+}
+
+fn stat(path: &std::path::Path) -> (u64, std::time::SystemTime, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).unwrap();
+    (m.len(), m.modified().unwrap(), m.ino())
+}
+
+#[test]
+fn unchanged_inputs_keep_the_bundle_and_any_change_rebuilds_it() {
+    let mut tb = Testbed::start();
+    let name = "kept.airgap.tar.zst";
+    let path = tb.out_dir().join(name);
+    let first = build_json(&tb, name, &[], EPOCH);
+    assert_eq!(first["up_to_date"], false);
+    let written = stat(&path);
+
+    // Same inputs: the bundle is kept as it is, with both servers down.
+    tb.registry.stop();
+    tb.release.stop();
+    let again = build_json(&tb, name, &[], EPOCH);
+    assert_eq!(again["up_to_date"], true, "{again}");
+    assert_eq!(again["sha256"], first["sha256"]);
+    assert_eq!(stat(&path), written, "the kept bundle was not touched");
+
+    // Each input that changes the bytes makes it write the bundle again
+    // (from the cache: the servers are still down).
+    let rebuilt = |tb: &Testbed, extra: &[&str], epoch: &str, why: &str| {
+        let out = build_json(tb, name, extra, epoch);
+        assert_eq!(out["up_to_date"], false, "{why}: {out}");
+        out
+    };
+    let other_time = rebuilt(&tb, &[], "1700000000", "another SOURCE_DATE_EPOCH");
+    assert_ne!(other_time["sha256"], first["sha256"]);
+    let back = rebuilt(&tb, &[], EPOCH, "back to the first time");
+    assert_eq!(back["sha256"], first["sha256"], "reproducible");
+    rebuilt(&tb, &["--compress", "none"], EPOCH, "another compression");
+    rebuilt(&tb, &[], EPOCH, "zstd again");
+    assert_eq!(build_json(&tb, name, &[], EPOCH)["up_to_date"], true);
+    rebuilt(&tb, &["--rebuild"], EPOCH, "--rebuild");
+
+    // The output changed on disk: same size and contents, newer mtime.
+    let now = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(now)
+        .unwrap();
+    rebuilt(&tb, &[], EPOCH, "the output was touched");
+
+    // A manifest changed.
+    let manifest = std::fs::read_dir(tb.manifests_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .expect("a manifest");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("\n# a comment changes the bundle's copy of the manifest\n");
+    std::fs::write(&manifest, text).unwrap();
+    rebuilt(&tb, &[], EPOCH, "a manifest changed");
+
+    // The lock changed (a moved pin would, too).
+    let mut lock = std::fs::read_to_string(tb.lock_path()).unwrap();
+    lock.push('\n');
+    std::fs::write(tb.lock_path(), lock).unwrap();
+    rebuilt(&tb, &[], EPOCH, "images.lock changed");
+
+    // Another key.
+    let other = tb.work().join("other");
+    assert_ok(
+        &support::run(
+            support::airgap()
+                .args(["keygen", "--no-password", "--out"])
+                .arg(&other),
+        ),
+        "keygen",
+    );
+    let mut cmd = tb.build_command_signed(name, &other.with_extension("key"), &["--json"]);
+    let out = support::run(cmd.env("SOURCE_DATE_EPOCH", EPOCH));
+    assert_ok(&out, "build signed with another key");
+    let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out["up_to_date"], false, "another key");
+
+    // A deleted bundle is written again.
+    std::fs::remove_file(&path).unwrap();
+    rebuilt(&tb, &[], EPOCH, "the output was deleted");
+    assert_ok(&tb.verify(&path), "verify the rebuilt bundle");
 }
 
 #[test]

@@ -113,6 +113,11 @@ pub fn parse_public_key(text: &str) -> anyhow::Result<PublicKey> {
     Ok(key)
 }
 
+/// The id of the key pair a secret key belongs to, as `minisign` prints it.
+pub fn secret_key_id(sk: &SecretKey) -> String {
+    key_id(sk.keynum())
+}
+
 /// The id of a public key, as `minisign` prints it.
 pub fn public_key_id(pk: &PublicKey) -> String {
     key_id(pk.keynum())

@@ -6,12 +6,14 @@
 //! (one tar stream to a temporary file beside the output, renamed only when
 //! complete and signed) -> record (pins written back to images.lock).
 
+use crate::fresh;
 use crate::imageset::{self, Source};
 use crate::lint::{self, LintOptions, Severity};
 use crate::locking::{self, BuildChecks};
 use crate::progress::Progress;
 use crate::registry::{PulledImage, Puller, RegistryConfig};
 use crate::release::{self, ReleaseSource};
+use crate::space::SpaceWatch;
 use crate::store::BlobStore;
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::{hash_file, Digest};
@@ -24,10 +26,10 @@ use airgap_bundle::reference::ImageRef;
 use airgap_bundle::sign;
 use airgap_bundle::split::SplitWriter;
 use airgap_bundle::sums::Sums;
-use airgap_bundle::write::{write_bundle, Compression, StagedEntry, TarStamp};
+use airgap_bundle::write::{tar_size, write_bundle, Compression, StagedEntry, TarStamp};
 use anyhow::{bail, Context as _};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -58,10 +60,12 @@ pub struct BuildOptions {
     /// The download cache ([`crate::cache`]); `None`: a fresh one in the
     /// staging directory, dropped with it.
     pub cache: Option<PathBuf>,
+    /// Write the bundle even when the output is up to date ([`crate::fresh`]).
+    pub rebuild: bool,
 }
 
 /// What a finished build reports (`--json` prints it).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildSummary {
     pub file: PathBuf,
     pub size: u64,
@@ -74,11 +78,15 @@ pub struct BuildSummary {
     pub dedup_saved_bytes: u64,
     pub lock_updated: bool,
     /// The parts, when the bundle was split (`file` is then their base name).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<PathBuf>,
+    /// The output was already what this build would write, and was kept
+    /// ([`crate::fresh`]); the other fields describe it as it was built.
+    #[serde(default)]
+    pub up_to_date: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageSummary {
     pub reference: String,
     pub digest: Digest,
@@ -109,11 +117,24 @@ pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Resu
 }
 
 /// [`build`], with the offline-readiness lint and `--locked` as `checks` say;
-/// both run before anything is downloaded (but `k3s-images.txt`).
+/// both run before anything is downloaded (but `k3s-images.txt`). A full
+/// file system fails it with "no space left on <dir>, needed N more"
+/// ([`crate::space`]).
 pub async fn build_with(
     opts: &BuildOptions,
     checks: &BuildChecks,
     progress: &dyn Progress,
+) -> anyhow::Result<BuildSummary> {
+    let watch = SpaceWatch::new(progress);
+    build_stages(opts, checks, &watch)
+        .await
+        .map_err(|e| watch.explain(e))
+}
+
+async fn build_stages(
+    opts: &BuildOptions,
+    checks: &BuildChecks,
+    progress: &SpaceWatch<'_>,
 ) -> anyhow::Result<BuildSummary> {
     // Resolve: version, platforms, key (a wrong password should fail before
     // any download), lock and manifests.
@@ -176,7 +197,41 @@ pub async fn build_with(
         Some(dir) => dir.clone(),
         None => staging_root.join("cache"),
     };
+    progress.fetching(&cache_dir, opts.cache.is_some());
     let store = crate::cache::open(&cache_dir)?;
+
+    // A build with the inputs of the build that wrote the output keeps it.
+    let fresh_inputs = |lock_text: &str| -> anyhow::Result<Option<Digest>> {
+        let Some(release) = fresh::release_inputs(&store, &opts.release, &version, &opts.arches)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(
+            fresh::Inputs {
+                airgap_version: env!("CARGO_PKG_VERSION"),
+                schema_version: SCHEMA_VERSION,
+                k3s_version: &version,
+                arches: &opts.arches,
+                compression: fresh::compression_key(opts.compression),
+                split: opts.split,
+                source_date_epoch: opts.source_date_epoch,
+                key_id: sign::secret_key_id(&secret_key),
+                lock_sha256: Digest::of(lock_text.as_bytes()),
+                manifests: fresh::manifest_inputs(&opts.manifests_dir, &manifest_files)?,
+                release,
+            }
+            .fingerprint(),
+        ))
+    };
+    if let (Some(dir), false) = (&opts.cache, opts.rebuild) {
+        if let Some(fingerprint) = fresh_inputs(&lock_text)? {
+            if let Some(mut kept) = fresh::check(dir, &output, &fingerprint) {
+                kept.up_to_date = true;
+                kept.lock_updated = false;
+                return Ok(kept);
+            }
+        }
+    }
 
     // Fetch the release assets of every architecture.
     let client = release::http_client()?;
@@ -279,6 +334,8 @@ pub async fn build_with(
     // Write the tar stream beside the output, then rename it into place.
     let total: u64 = staged.entries.iter().map(|e| e.size).sum();
     progress.writing_started(total);
+    let tar_bytes = tar_size(&signature, &sums_text, &staged.entries);
+    progress.writing(&output, tar_bytes, opts.compression);
     let stamp = TarStamp { mtime: created };
     let (size, sha256, parts) = if let Some(part_size) = opts.split {
         let split = tokio::task::block_in_place(|| {
@@ -333,18 +390,23 @@ pub async fn build_with(
     };
 
     // Record the pins only once the bundle exists.
-    if lock_updated {
+    progress.recording(&opts.lock_path, lock_text.len() as u64);
+    let final_lock_text = if lock_updated {
+        let text = lock.render();
         let mut f = AtomicFile::create(&opts.lock_path)?;
-        std::io::Write::write_all(&mut f, lock.render().as_bytes())?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
         f.commit()?;
-    }
+        text
+    } else {
+        lock_text
+    };
 
     let meta = &staged.meta;
-    Ok(BuildSummary {
+    let summary = BuildSummary {
         file: output,
         size,
         sha256,
-        k3s_version: version,
+        k3s_version: version.clone(),
         arches: opts.arches.clone(),
         images: meta
             .images
@@ -360,7 +422,15 @@ pub async fn build_with(
         dedup_saved_bytes: meta.dedup_saved(),
         lock_updated,
         parts,
-    })
+        up_to_date: false,
+    };
+    if let Some(dir) = &opts.cache {
+        match fresh_inputs(&final_lock_text)? {
+            Some(fingerprint) => fresh::record(dir, &summary.file, fingerprint, &summary),
+            None => fresh::forget(dir, &summary.file),
+        }
+    }
+    Ok(summary)
 }
 
 /// Records what an image resolved to in its lock entry.

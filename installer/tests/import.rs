@@ -82,6 +82,7 @@ fn build_fixture() -> anyhow::Result<Fixture> {
         lock_path: dir.join("images.lock"),
         source_date_epoch: None,
         cache: None,
+        rebuild: false,
     };
     tokio::runtime::Runtime::new()?.block_on(build(&opts, &NoProgress))?;
     let public_key = dir.join("site.pub");
