@@ -50,6 +50,18 @@ fn header(size: u64, mode: u32, stamp: TarStamp) -> tar::Header {
     h
 }
 
+/// The size of the uncompressed tar [`write_bundle`] writes: a 512-byte
+/// header and the body padded to 512 for each entry, then two zero blocks.
+/// (An entry name longer than ustar holds would add a GNU long-name entry;
+/// the bundle's names are far shorter.)
+pub fn tar_size(signature: &str, sums: &str, entries: &[StagedEntry]) -> u64 {
+    let entry = |size: u64| 512 + size.div_ceil(512) * 512;
+    entry(signature.len() as u64)
+        + entry(sums.len() as u64)
+        + entries.iter().map(|e| entry(e.size)).sum::<u64>()
+        + 1024
+}
+
 /// Writes the whole bundle to `out`: the signature and checksums first, then
 /// `entries` in the order given. Returns `out` when everything was written.
 pub fn write_bundle<W: Write>(
@@ -118,5 +130,42 @@ impl<R: Read> Read for ProgressReader<'_, R> {
         let n = self.inner.read(buf)?;
         (self.on_bytes)(n as u64);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_size_is_what_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<StagedEntry> = [0usize, 1, 511, 512, 513, 70_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let bytes = vec![7u8; n];
+                let source = dir.path().join(i.to_string());
+                std::fs::write(&source, &bytes).unwrap();
+                StagedEntry {
+                    path: format!("images/blobs/sha256/{}", Digest::of(&bytes).hex()),
+                    source,
+                    mode: 0o644,
+                    size: n as u64,
+                    digest: Digest::of(&bytes),
+                }
+            })
+            .collect();
+        let out = write_bundle(
+            Vec::new(),
+            "sig",
+            "sums\n",
+            &entries,
+            Compression::None,
+            TarStamp { mtime: 0 },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(out.len() as u64, tar_size("sig", "sums\n", &entries));
     }
 }
