@@ -10,6 +10,10 @@
 //! temp dir. [`Drop`] then does the same unmounting itself, in case the
 //! watchdog could not.
 //!
+//! [`Containerd::kill`] SIGKILLs the daemon alone, as a crash would, keeping
+//! its root, state and socket path; [`Containerd::restart`] starts it again
+//! on them (tests of an import that loses its containerd midway).
+//!
 //! runc keeps its own state under `/run/containerd/runc/<namespace>`, shared
 //! by every containerd on the host: give containers unique ids
 //! ([`Containerd::unique_id`]).
@@ -93,9 +97,17 @@ impl Containerd {
                 cd.socket().display()
             );
         }
-        let config = cd.path.join("config.toml");
-        std::fs::write(&config, cd.config_toml())?;
+        std::fs::write(cd.path.join("config.toml"), cd.config_toml())?;
         std::fs::write(cd.log_path(), b"")?;
+        cd.spawn()?;
+        Ok(cd)
+    }
+
+    /// Starts the watchdog, and under it containerd, on this dir; waits
+    /// until containerd answers.
+    fn spawn(&mut self) -> Result<()> {
+        let cd = self;
+        let config = cd.path.join("config.toml");
         let child = Command::new("/bin/sh")
             .arg("-c")
             .arg(WATCHDOG)
@@ -113,8 +125,82 @@ impl Containerd {
         let mut child = child;
         cd.stdin = child.stdin.take();
         cd.watchdog = Some(child);
-        cd.wait_ready()?;
-        Ok(cd)
+        cd.wait_ready()
+    }
+
+    /// containerd's pid: the watchdog's child running [`CONTAINERD_PROGRAM`].
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let watchdog = self.watchdog.as_ref()?.id();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces.
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == watchdog && comm == "containerd").then_some(pid)
+        })
+    }
+
+    /// SIGKILLs containerd alone, as a crash would: its root, state, log and
+    /// config stay (and its stale socket file); the watchdog exits with it.
+    /// [`Containerd::restart`] brings it back on the same dir.
+    pub fn kill(&mut self) -> Result<()> {
+        let pid = self
+            .daemon_pid()
+            .context("containerd is not running under its watchdog")?;
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -KILL {pid} failed ({status})");
+        }
+        let mut watchdog = self.watchdog.take().context("no watchdog")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while watchdog.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                crate::registry::wait_or_kill(&mut watchdog, Duration::from_secs(1));
+                bail!("containerd's watchdog did not exit after containerd was killed");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The watchdog's reader of the pipe now wakes, marks the dir as
+        // stopping and finds containerd gone; wait for it, then unmark.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.watchdog_helpers() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(self.path.join(".stopping"));
+        Ok(())
+    }
+
+    /// Starts containerd again on the dir a [`Containerd::kill`] left, and
+    /// waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.watchdog.is_some() {
+            bail!("containerd at {} is still running", self.socket().display());
+        }
+        self.spawn()
+    }
+
+    /// Processes still running this dir's watchdog script (forks of it).
+    fn watchdog_helpers(&self) -> usize {
+        let dir = self.path.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .filter(|c| c.contains("airgap-containerd-watchdog") && c.contains(&dir))
+            .count()
     }
 
     fn config_toml(&self) -> String {
@@ -438,6 +524,28 @@ mod tests {
         cd.stop();
         assert!(!cd.is_running());
         assert!(!cd.socket().exists(), "containerd's socket outlived it");
+        drop(cd);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    #[test]
+    fn killed_and_restarted_keeps_its_metadata() {
+        let mut cd = Containerd::start().unwrap();
+        let dir = cd.dir().to_path_buf();
+        let first = cd.daemon_pid().unwrap();
+        cd.ctr_ok(&["-n", "k8s.io", "leases", "create", "--id", "held"])
+            .unwrap();
+        cd.kill().unwrap();
+        assert!(!cd.is_running());
+        assert!(!Path::new(&format!("/proc/{first}")).exists());
+        assert!(dir.is_dir(), "the dir stays for a restart");
+        let down = cd.ctr_with_timeout(&["version"], Duration::from_secs(5));
+        assert!(!down.is_ok_and(|o| o.status.success()));
+        cd.restart().unwrap();
+        assert!(cd.is_running());
+        assert_ne!(cd.daemon_pid(), Some(first));
+        let leases = cd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]).unwrap();
+        assert!(leases.contains("held"), "{leases}");
         drop(cd);
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
