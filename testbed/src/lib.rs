@@ -1,7 +1,8 @@
 //! Test rig for airgap, used by the tests, `scripts/demo` and the benchmarks.
 //!
 //! Everything here runs on 127.0.0.1 and cleans up after itself on drop: a
-//! real registry ([`registry`]), a k3s release download site ([`release`]),
+//! real registry ([`registry`]) and a token server for it ([`token`]), a k3s
+//! release download site ([`release`]),
 //! images built in code ([`image`]), pushed byte-exact ([`push`]) as the demo
 //! and benchmark sets ([`seed`]). It is test code: it trusts its own servers.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod registry;
 pub mod release;
 pub mod seed;
 pub mod serve;
+pub mod token;
 
 pub use image::{busybox_layer, Image, ImageIndex, ImageSpec, Kind, Layer, LayerBuilder};
 pub use push::RegistryClient;

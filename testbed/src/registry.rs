@@ -42,6 +42,14 @@ pub struct RegistryOptions {
     htpasswd: Option<(String, String)>,
     tls_self_signed: bool,
     storage: Option<PathBuf>,
+    token: Option<TokenAuth>,
+}
+
+/// What the registry needs to check a token server's tokens.
+#[derive(Debug, Clone)]
+struct TokenAuth {
+    realm: String,
+    root_cert_bundle: PathBuf,
 }
 
 impl Default for RegistryOptions {
@@ -54,6 +62,7 @@ impl Default for RegistryOptions {
             htpasswd: None,
             tls_self_signed: false,
             storage: None,
+            token: None,
         }
     }
 }
@@ -95,6 +104,18 @@ impl RegistryOptions {
         self
     }
 
+    /// Requires bearer tokens from `server` (distribution's `auth: token:`,
+    /// with the server's realm, service, issuer and CA). The rig's client
+    /// cannot push to it: seed a plain registry and serve its storage
+    /// ([`RegistryOptions::serve_storage_of`]).
+    pub fn token_auth(mut self, server: &crate::token::TokenServer) -> Self {
+        self.token = Some(TokenAuth {
+            realm: server.realm(),
+            root_cert_bundle: server.root_cert_bundle(),
+        });
+        self
+    }
+
     /// Serves HTTPS only, with a certificate for 127.0.0.1 and localhost
     /// issued by a CA of its own ([`Registry::ca_path`]). The rig's plain
     /// HTTP client cannot push to it: seed a plain registry and serve its
@@ -119,12 +140,22 @@ impl RegistryOptions {
         tls: Option<(&Path, &Path)>,
     ) -> String {
         // Paths are our own temp paths; quote them anyway for YAML.
-        let auth = htpasswd.map_or(String::new(), |p| {
+        let mut auth = htpasswd.map_or(String::new(), |p| {
             format!(
                 "auth:\n  htpasswd:\n    realm: airgap-testbed\n    path: \"{}\"\n",
                 p.display()
             )
         });
+        if let Some(token) = &self.token {
+            auth = format!(
+                "auth:\n  token:\n    realm: \"{}\"\n    service: \"{}\"\n    \
+                 issuer: \"{}\"\n    rootcertbundle: \"{}\"\n",
+                token.realm,
+                crate::token::SERVICE,
+                crate::token::ISSUER,
+                token.root_cert_bundle.display()
+            );
+        }
         let tls = tls.map_or(String::new(), |(cert, key)| {
             format!(
                 "  tls:\n    certificate: \"{}\"\n    key: \"{}\"\n",
@@ -156,6 +187,8 @@ pub struct Registry {
     /// The CA's PEM file, when serving HTTPS.
     ca: Option<PathBuf>,
     storage: Option<PathBuf>,
+    /// Whether it answers 401 until a client authenticates.
+    requires_auth: bool,
 }
 
 impl Registry {
@@ -184,6 +217,7 @@ impl Registry {
             credentials: options.htpasswd.clone(),
             ca: None,
             storage: options.storage.clone(),
+            requires_auth: options.htpasswd.is_some() || options.token.is_some(),
         };
         let tls = if options.tls_self_signed {
             let files = write_tls_files(registry.dir.path())?;
@@ -279,8 +313,8 @@ impl Registry {
                 Some(ca) => tls_status(&self.addr, ca, "/v2/").ok(),
                 None => self.client().get("/v2/").ok().map(|r| r.status),
             };
-            // With basic auth, 401 also says it is up.
-            if status == Some(200) || (status == Some(401) && self.credentials.is_some()) {
+            // With basic or token auth, 401 also says it is up.
+            if status == Some(200) || (status == Some(401) && self.requires_auth) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -391,7 +425,7 @@ impl Drop for Registry {
 
 /// Writes `ca.pem`, and `cert.pem`/`key.pem` for 127.0.0.1 and localhost
 /// issued by that CA, into `dir`; returns their paths.
-fn write_tls_files(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+pub(crate) fn write_tls_files(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::default();
@@ -524,6 +558,46 @@ mod tests {
         let layer = crate::image::note_layer("/x", "x").unwrap();
         assert!(reg.client().push_blob("auth/test", &layer.blob).unwrap());
         assert_eq!(reg.credentials(), Some(("tester", "s3cret")));
+    }
+
+    #[test]
+    fn token_auth_accepts_the_token_servers_tokens() {
+        let plain = Registry::start().unwrap();
+        let layer = crate::image::note_layer("/x", "x").unwrap();
+        assert!(plain.client().push_blob("token/test", &layer.blob).unwrap());
+        let tokens = crate::token::TokenServer::start("tester", "s3cret").unwrap();
+        let reg = Registry::start_with(
+            RegistryOptions::new()
+                .token_auth(&tokens)
+                .serve_storage_of(&plain),
+        )
+        .unwrap();
+        let path = format!("{}/v2/token/test/blobs/{}", reg.url(), layer.blob.digest);
+        let anonymous = http::get(&path, &[]).unwrap();
+        assert_eq!(anonymous.status, 401);
+        let challenge = anonymous.header("www-authenticate").unwrap();
+        assert!(
+            challenge.starts_with("Bearer ")
+                && challenge.contains(&tokens.realm())
+                && challenge.contains("scope=\"repository:token/test:pull\""),
+            "{challenge}"
+        );
+        let url = format!(
+            "{}?service={}&scope=repository%3Atoken%2Ftest%3Apull",
+            tokens.realm(),
+            crate::token::SERVICE
+        );
+        let auth = http::basic_auth("tester", "s3cret");
+        let resp = http::get(&url, &[("Authorization", &auth)]).unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let body: serde_json::Value = serde_json::from_str(&resp.text()).unwrap();
+        let bearer = format!("Bearer {}", body["token"].as_str().unwrap());
+        let resp = http::get(&path, &[("Authorization", &bearer)]).unwrap();
+        assert_eq!(resp.status, 200, "{}\n{}", resp.text(), reg.log_tail(20));
+        // The token is for that repository only.
+        let other = format!("{}/v2/token/other/tags/list", reg.url());
+        let resp = http::get(&other, &[("Authorization", &bearer)]).unwrap();
+        assert_eq!(resp.status, 401);
     }
 
     #[test]
