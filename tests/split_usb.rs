@@ -304,3 +304,82 @@ fn usb_stick_holds_bundle_binary_key_and_readme() {
 fn sha256_hex(bytes: &[u8]) -> String {
     airgap_bundle::digest::Digest::of(bytes).hex()
 }
+
+/// A FAT32 file system in an image file, mounted with the FUSE driver
+/// `fusefat` (the kernel here has no vfat module); unmounted on drop.
+struct FatStick {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl FatStick {
+    fn new() -> FatStick {
+        let dir = tempdir("airgap-fat-");
+        let image = dir.path().join("stick.img");
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        // 256 MiB, sparse: room for the (debug) airgap binary and the bundle.
+        run_ok(
+            Command::new("mkfs.vfat")
+                .args(["-F", "32", "-n", "AIRGAP", "-C"])
+                .arg(&image)
+                .arg("262144"),
+        );
+        run_ok(
+            Command::new("fusefat")
+                .args(["-o", "rw+"])
+                .arg(&image)
+                .arg(&mount),
+        );
+        FatStick { _dir: dir, mount }
+    }
+}
+
+impl Drop for FatStick {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
+#[test]
+fn usb_export_onto_a_real_fat32_file_system() {
+    let tb = Testbed::start();
+    let bundle = tb.build_ok(NAME, &[]);
+    let stick = FatStick::new();
+    let s = &stick.mount;
+    let out = run(airgap()
+        .args(["bundle", "export", "--json", "--usb"])
+        .arg(s)
+        .arg("--key")
+        .arg(tb.pub_key())
+        .arg(&bundle));
+    assert_ok(&out, "airgap bundle export --usb onto FAT32");
+    let exported: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(exported["bundle"], NAME);
+
+    // FAT is recognised through the mount table: the bundle goes in parts
+    // of at most 4 GiB - 1 (one part here) with their list, and the modes
+    // FAT cannot keep are not an error.
+    let base = s.join(NAME);
+    assert!(
+        !base.exists(),
+        "an unsplit bundle on FAT: {:?}",
+        dir_names(s)
+    );
+    let stick_parts = parts(&base);
+    assert_eq!(stick_parts.len(), 1, "{:?}", dir_names(s));
+    assert_eq!(concatenated(&base), std::fs::read(&bundle).unwrap());
+
+    // Everything on the stick checks out, read back through the FAT driver.
+    run_ok(
+        Command::new("sha256sum")
+            .current_dir(s)
+            .args(["-c", "--strict", "SHA256SUMS"]),
+    );
+    assert_ok(
+        &run(Command::new(s.join("airgap"))
+            .current_dir(s)
+            .args(["bundle", "verify", NAME, "--key", "site.pub"])),
+        "the stick's airgap verifying the stick's bundle on FAT32",
+    );
+}

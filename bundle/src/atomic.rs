@@ -19,9 +19,10 @@ pub struct AtomicFile {
 pub enum ModeSupport {
     /// A mode that cannot be set is an error.
     Required,
-    /// FAT keeps no modes and refuses `chmod` (EPERM): the mode is set where
-    /// the file system keeps modes and skipped where it refuses. For files a
-    /// stick carries (bundle parts); never for the host's files.
+    /// FAT keeps no modes and refuses `chmod` (EPERM, or ENOSYS through
+    /// FUSE): the mode is set where the file system keeps modes and skipped
+    /// where it refuses. For files a stick carries (bundle parts); never for
+    /// the host's files.
     IfKept,
 }
 
@@ -100,7 +101,14 @@ impl AtomicFile {
             .as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))
         {
-            Err(e) if self.modes == ModeSupport::IfKept && e.raw_os_error() == Some(1) => Ok(()),
+            // EPERM from the kernel's vfat, ENOSYS from FUSE drivers such as
+            // fusefat, EOPNOTSUPP from others.
+            Err(e)
+                if self.modes == ModeSupport::IfKept
+                    && matches!(e.raw_os_error(), Some(1 | 38 | 95)) =>
+            {
+                Ok(())
+            }
             other => other,
         }
     }

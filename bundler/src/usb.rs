@@ -69,8 +69,70 @@ impl std::fmt::Display for Stick {
     }
 }
 
-/// The file system type of `dir`, as `stat -f -c %T` names it.
+/// The file system type of `dir` as the kernel's mount table names it
+/// (`vfat`, `ext4`, `fuse.fusefat`, …): the type of the mount whose mount
+/// point is the longest prefix of `dir`. Falls back to `stat -f -c %T` when
+/// `/proc/self/mountinfo` cannot be read.
 pub fn file_system_type(dir: &Path) -> anyhow::Result<String> {
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(table) => mount_type(&table, &dir)
+            .with_context(|| format!("{} is on no mount in /proc/self/mountinfo", dir.display())),
+        Err(_) => stat_file_system_type(&dir),
+    }
+}
+
+/// The type of the mount in `mountinfo` (proc(5)) that holds `dir`, an
+/// absolute path without symlinks. Later lines win among equal mount points
+/// (the one mounted last hides the others).
+fn mount_type(mountinfo: &str, dir: &Path) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for line in mountinfo.lines() {
+        let Some((fields, rest)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(point) = fields.split(' ').nth(4) else {
+            continue;
+        };
+        let Some(fs_type) = rest.split(' ').next() else {
+            continue;
+        };
+        let point = PathBuf::from(unescape_mount_field(point));
+        if dir.starts_with(&point) {
+            let depth = point.components().count();
+            if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
+                best = Some((depth, fs_type.to_string()));
+            }
+        }
+    }
+    best.map(|(_, t)| t)
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mount_field(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The file system type of `dir`, as `stat -f -c %T` names it.
+fn stat_file_system_type(dir: &Path) -> anyhow::Result<String> {
     let mut cmd = Command::new("stat");
     cmd.args(["-f", "-c", "%T"]).arg(dir);
     tracing::debug!("running {cmd:?}");
@@ -87,9 +149,10 @@ pub fn file_system_type(dir: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// FAT12/16/32 as `stat -f` names them (exFAT has no 4 GiB cap).
+/// FAT12/16/32: the kernel's drivers (`vfat`, `msdos`; `stat -f` says
+/// `msdos` for both) and the FUSE driver `fusefat`. exFAT has no 4 GiB cap.
 pub fn is_fat(fs_type: &str) -> bool {
-    matches!(fs_type, "msdos" | "vfat" | "fat")
+    matches!(fs_type, "msdos" | "vfat" | "fat" | "fuse.fusefat")
 }
 
 /// The part size for a stick of `fs_type`: FAT needs parts; elsewhere only
@@ -319,10 +382,29 @@ mod tests {
         assert_eq!(part_size("msdos", None).unwrap(), Some(FAT_MAX_FILE));
         assert_eq!(part_size("vfat", Some(1 << 20)).unwrap(), Some(1 << 20));
         assert!(part_size("msdos", Some(4 << 30)).is_err());
-        assert_eq!(part_size("ext2/ext3", None).unwrap(), None);
+        assert_eq!(part_size("ext4", None).unwrap(), None);
         assert_eq!(part_size("exfat", Some(4096)).unwrap(), Some(4096));
         let here = file_system_type(Path::new(".")).unwrap();
         assert!(!here.is_empty());
+    }
+
+    #[test]
+    fn mount_table_gives_the_type_of_the_deepest_mount() {
+        let table = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:25 / /media rw shared:2 - tmpfs tmpfs rw
+31 30 0:26 / /media/my\\040stick rw - fuse.fusefat /dev/loop0 rw
+32 30 8:17 / /media/usb rw - vfat /dev/sdb1 rw,fmask=0022
+33 30 0:28 / /media/usb rw - exfat /dev/sdc1 rw
+";
+        let at = |p: &str| mount_type(table, Path::new(p));
+        assert_eq!(at("/home/op").as_deref(), Some("ext4"));
+        assert_eq!(at("/media").as_deref(), Some("tmpfs"));
+        assert_eq!(at("/media/my stick/x").as_deref(), Some("fuse.fusefat"));
+        assert_eq!(at("/media/usbx").as_deref(), Some("tmpfs"));
+        // Mounted over: the later mount hides the earlier one.
+        assert_eq!(at("/media/usb").as_deref(), Some("exfat"));
+        assert!(is_fat("fuse.fusefat") && is_fat("vfat") && !is_fat("exfat"));
     }
 
     #[test]
