@@ -6,15 +6,19 @@
 //! staged beside their destinations) -> publish (images named and unpacked,
 //! staged files renamed into place, config and service files written) ->
 //! record (install.json) -> start (init system, or detached) and wait.
-//! Any failure before publish leaves the host as it was.
+//! Any failure before publish leaves the host as it was. Everything that
+//! takes space (staged and generated files, the record's reservation) is
+//! written before publish, so a file system that fills up fails the run
+//! while it can be undone: "no space left on <path>, needed N more", from
+//! the same prediction the preflight disk check makes.
 
 use crate::cluster::CriticalConfig;
 use crate::import::sink::{ImportReport, ImportSink};
 use crate::import::{ImportOptions, Importer};
 use crate::layout::{self, Role};
-use crate::preflight::{self, PreflightInput};
+use crate::preflight::{self, PreflightInput, SpaceNeed};
 use crate::record::{InstallRecord, RecordedFile, RecordedImage, RecordedLink, RECORD_SCHEMA};
-use crate::root::{write_file, Changes, HostRoot};
+use crate::root::{file_matches, fill_reserved, reserve_file, stage_file, Changes, HostRoot};
 use crate::run::Runner;
 use crate::service::{self, Detached, Init};
 use crate::stage::{ArchiveStager, Fanout, FileStager, Placement};
@@ -23,6 +27,8 @@ use airgap_bundle::digest::Digest;
 use airgap_bundle::meta::{BundleMeta, FileRole};
 use airgap_bundle::read::{read_bundle, read_header, EntrySink, Trust};
 use airgap_bundle::source::open_bundle;
+use airgap_bundle::space::{self, human, Needed, NoSpace};
+use airgap_bundle::sums::Sums;
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -232,24 +238,127 @@ fn placements(
     Ok(out)
 }
 
-/// Bytes the install writes under the root, for the disk check.
-fn bytes_needed(meta: &BundleMeta, runtime: Runtime, arch: &str) -> u64 {
-    let files: u64 = meta
-        .files
-        .iter()
-        .filter(|f| f.role != FileRole::K3sBinary || f.arch.as_deref() == Some(arch))
-        .map(|f| f.size)
-        .sum();
-    let images = meta.totals.blob_bytes;
-    match runtime {
-        // Content plus, roughly, as much again unpacked (layers are compressed).
-        Runtime::External => files + images * 3,
-        Runtime::Embedded => files + images,
+/// Bytes reserved for the install record, which is written last.
+fn record_reserve(meta: &BundleMeta) -> u64 {
+    16 * preflight::BLOCK + 1024 * meta.images.len() as u64 + 256 * meta.files.len() as u64
+}
+
+/// What the install writes, and where, predicted from `bundle.json`: the
+/// staged files (but those already in place), the embedded runtime's image
+/// archive, the generated files with the record's reservation and, for an
+/// external containerd on this host, its content and snapshots (a
+/// containerd under another root keeps its state where it was started).
+fn space_needs(
+    meta: &BundleMeta,
+    sums: &Sums,
+    root: &HostRoot,
+    placements: &BTreeMap<String, Placement>,
+    runtime: Runtime,
+) -> Vec<SpaceNeed> {
+    let mut needs: Vec<SpaceNeed> = Vec::new();
+    for (entry, p) in placements {
+        let Some(file) = meta.files.iter().find(|f| &f.path == entry) else {
+            continue;
+        };
+        if sums
+            .get(entry)
+            .is_some_and(|d| file_matches(&p.dest, d, p.mode))
+        {
+            continue;
+        }
+        let what = match file.role {
+            FileRole::K3sBinary => "the k3s binary",
+            _ => "the manifests",
+        };
+        needs.push(SpaceNeed::files(p.dest.clone(), &[file.size], what));
     }
+    let blobs = meta.totals.blob_bytes;
+    match runtime {
+        Runtime::Embedded => needs.push(SpaceNeed::files(
+            root.path(&format!("{}/airgap-images.tar", layout::AGENT_IMAGES_DIR)),
+            // Each blob's tar header and padding, the layout's index.
+            &[blobs + 1024 * meta.totals.blobs + (64 << 10)],
+            "the image archive",
+        )),
+        // Content plus, roughly, as much again unpacked (layers are compressed).
+        Runtime::External if root.is_host() => needs.push(SpaceNeed {
+            path: root.path("/var/lib/containerd"),
+            bytes: blobs * 3,
+            what: "containerd's content and snapshots".into(),
+        }),
+        Runtime::External => {}
+    }
+    // Config, registries, sysctl, modules, unit, env file, journal; record.
+    needs.push(SpaceNeed {
+        path: root.path(layout::AIRGAP_DIR),
+        bytes: 10 * preflight::BLOCK + record_reserve(meta),
+        what: "config, service and record files".into(),
+    });
+    needs
+}
+
+/// What the error handler of [`install`] needs to explain a full disk.
+#[derive(Default)]
+struct SpaceState {
+    needs: Vec<SpaceNeed>,
+    /// Files renamed into place or images named: past undoing.
+    published: bool,
+}
+
+/// Puts "no space left on <path>, needed N more" on an error a full file
+/// system caused, from the prediction and what is free now (after the run
+/// undid what it wrote).
+fn explain_full(err: anyhow::Error, state: &SpaceState) -> anyhow::Error {
+    space::explain(err, || {
+        let (all, short) = preflight::shortfalls(&state.needs);
+        let outcome = if state.published {
+            "the install was published but not recorded; run it again once there is room"
+        } else {
+            "nothing was installed, the root is as it was"
+        };
+        match (short.first(), all.first()) {
+            (Some(s), _) => NoSpace {
+                path: s.mount.clone(),
+                needed: Needed::About(s.missing()),
+                detail: format!(
+                    "{} need {}, {} is free; {outcome}",
+                    s.what.join(", "),
+                    human(s.needed),
+                    human(s.free)
+                ),
+            },
+            // There was room for what the prediction counts: something else
+            // took it meanwhile.
+            (None, Some(s)) => NoSpace {
+                path: s.mount.clone(),
+                needed: Needed::AtLeast(preflight::BLOCK),
+                detail: format!(
+                    "the install writes about {} there and {} is free now: something else \
+                     wrote there meanwhile; {outcome}",
+                    human(s.needed),
+                    human(s.free)
+                ),
+            },
+            (None, None) => NoSpace {
+                path: "/".into(),
+                needed: Needed::AtLeast(preflight::BLOCK),
+                detail: outcome.into(),
+            },
+        }
+    })
 }
 
 /// Runs the whole install.
 pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<InstallReport> {
+    let mut state = SpaceState::default();
+    install_stages(opts, runner, &mut state).map_err(|e| explain_full(e, &state))
+}
+
+fn install_stages(
+    opts: &InstallOptions,
+    runner: &dyn Runner,
+    space_state: &mut SpaceState,
+) -> anyhow::Result<InstallReport> {
     let token = read_token(opts)?;
     check_options(opts, token.as_deref())?;
     if let Some(t) = &token {
@@ -287,12 +396,14 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
     // plan from a stale record (and forget the directories the first made).
     let _lock = crate::lock::InstallLock::acquire(&root)?;
     let previous = InstallRecord::load(&root)?;
+    let placements = placements(meta, &root, opts.role, arch)?;
+    space_state.needs = space_needs(meta, &header.sums, &root, &placements, opts.runtime);
     let report = preflight::run(&PreflightInput {
         root: &root,
         role: opts.role,
         host_arch: arch,
         bundle_arches: &meta.arches,
-        bytes_needed: bytes_needed(meta, opts.runtime, arch),
+        space: &space_state.needs,
         https_port: https_port(&opts.extra_args),
         skip: &opts.skip_preflight,
         // A run killed after it published k3s but before it wrote the
@@ -304,7 +415,6 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         (Runtime::External, None) => PathBuf::from(layout::EXTERNAL_SOCKET),
         (Runtime::Embedded, None) => root.path(layout::EMBEDDED_SOCKET),
     };
-    let placements = placements(meta, &root, opts.role, arch)?;
     let mut k3s_args = opts.extra_args.clone();
     if opts.runtime == Runtime::External {
         k3s_args.extend([
@@ -404,14 +514,103 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
                 tracing::warn!("dropping the failed import's content: {abort:#}");
             }
         }
+        if space::is_full(&e) {
+            return Err(e.context(format!(
+                "installing {}: nothing was installed",
+                opts.bundle.display()
+            )));
+        }
         return Err(e.context(format!(
             "bundle {} is not valid; nothing was installed",
             opts.bundle.display()
         )));
     }
 
+    // Stage what is left to write while a failure (a full disk) can still
+    // be undone: the generated files, the record's directory and space for
+    // the record, whose content is known only once the images are named.
+    let record_path = root.path(layout::INSTALL_RECORD);
+    let pid_file =
+        (init == Init::None).then(|| format!("/run/k3s-airgap/{}.pid", opts.role.service_name()));
+    let log_file =
+        (init == Init::None).then(|| format!("/var/log/{}.log", opts.role.service_name()));
+    let mut generated = Vec::new();
+    let prepared = (|| -> anyhow::Result<airgap_bundle::atomic::AtomicFile> {
+        let changes = stager.changes();
+        let mut generate = |host_path: &str, content: String, mode: u32| -> anyhow::Result<()> {
+            let staged = stage_file(changes, &root.path(host_path), content.as_bytes(), mode)
+                .with_context(|| format!("writing {host_path}"))?;
+            generated.push((
+                host_path.to_string(),
+                Digest::of(content.as_bytes()),
+                mode,
+                staged,
+            ));
+            Ok(())
+        };
+        let cfg = layout::K3sConfig {
+            node_name: opts.node_name.clone(),
+            cluster_init: opts.cluster_init,
+            container_runtime_endpoint: None,
+            write_kubeconfig_mode: None,
+        };
+        generate(layout::CONFIG_YAML, layout::config_yaml(&cfg), 0o644)?;
+        generate(
+            layout::REGISTRIES_YAML,
+            layout::registries_yaml(meta),
+            0o644,
+        )?;
+        generate(
+            layout::MODULES_FILE,
+            layout::modules_load().to_string(),
+            0o644,
+        )?;
+        generate(
+            layout::SYSCTL_FILE,
+            layout::sysctl_conf().to_string(),
+            0o644,
+        )?;
+        let env_content = service::env_file(opts.server.as_deref(), token.as_deref());
+        if let Some(sf) = service::service_files(opts.role, init) {
+            let unit = match init {
+                Init::Systemd => service::systemd_unit(opts.role, &sf.env, &exec_args),
+                _ => service::openrc_script(opts.role, &sf.env, &exec_args),
+            };
+            generate(&sf.unit, unit, sf.unit_mode)?;
+            generate(&sf.env, env_content, 0o600)?;
+        } else {
+            generate(
+                &format!("{}/{}.env", layout::AIRGAP_DIR, opts.role.service_name()),
+                env_content,
+                0o600,
+            )?;
+        }
+        changes.create_dir_all(record_path.parent().expect("record has a parent"))?;
+        // The detached k3s's pid and log directories are this install's too.
+        if !opts.no_start {
+            for f in pid_file.iter().chain(log_file.iter()) {
+                if let Some(dir) = root.path(f).parent() {
+                    changes.create_dir_all(dir)?;
+                }
+            }
+        }
+        reserve_file(&record_path, record_reserve(meta), 0o600)
+            .with_context(|| format!("writing {}", layout::INSTALL_RECORD))
+    })();
+    let reserved = match prepared {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(sink) = import_sink.take() {
+                if let Err(abort) = runtime.block_on(sink.abort()) {
+                    tracing::warn!("dropping the failed import's content: {abort:#}");
+                }
+            }
+            return Err(e.context("nothing was installed"));
+        }
+    };
+
     // Publish: images first (named only now that every blob is verified),
-    // then the staged files, then the generated ones.
+    // then the staged files, then the generated ones: renames only.
     let images = match import_sink.take() {
         Some(sink) => Some(
             runtime
@@ -420,6 +619,7 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         ),
         None => None,
     };
+    space_state.published = true;
     let mut placed = stager.publish()?;
     if let Some(a) = archive.take() {
         placed.push(a.publish()?);
@@ -435,58 +635,12 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
             )
         })
         .collect();
-    let mut generate = |host_path: &str, content: String, mode: u32| -> anyhow::Result<()> {
-        let written = write_file(
-            &mut changes,
-            &root.path(host_path),
-            content.as_bytes(),
-            mode,
-        )
-        .with_context(|| format!("writing {host_path}"))?;
-        files.push((
-            host_path.to_string(),
-            Digest::of(content.as_bytes()),
-            mode,
-            written,
-        ));
-        Ok(())
-    };
-    let cfg = layout::K3sConfig {
-        node_name: opts.node_name.clone(),
-        cluster_init: opts.cluster_init,
-        container_runtime_endpoint: None,
-        write_kubeconfig_mode: None,
-    };
-    generate(layout::CONFIG_YAML, layout::config_yaml(&cfg), 0o644)?;
-    generate(
-        layout::REGISTRIES_YAML,
-        layout::registries_yaml(meta),
-        0o644,
-    )?;
-    generate(
-        layout::MODULES_FILE,
-        layout::modules_load().to_string(),
-        0o644,
-    )?;
-    generate(
-        layout::SYSCTL_FILE,
-        layout::sysctl_conf().to_string(),
-        0o644,
-    )?;
-    let env_content = service::env_file(opts.server.as_deref(), token.as_deref());
-    if let Some(sf) = service::service_files(opts.role, init) {
-        let unit = match init {
-            Init::Systemd => service::systemd_unit(opts.role, &sf.env, &exec_args),
-            _ => service::openrc_script(opts.role, &sf.env, &exec_args),
-        };
-        generate(&sf.unit, unit, sf.unit_mode)?;
-        generate(&sf.env, env_content.clone(), 0o600)?;
-    } else {
-        generate(
-            &format!("{}/{}.env", layout::AIRGAP_DIR, opts.role.service_name()),
-            env_content.clone(),
-            0o600,
-        )?;
+    for (host_path, digest, mode, staged) in generated {
+        let written = staged.is_some();
+        if let Some(f) = staged {
+            f.commit().with_context(|| format!("writing {host_path}"))?;
+        }
+        files.push((host_path, digest, mode, written));
     }
     let mut links = Vec::new();
     for link in layout::K3S_LINKS {
@@ -516,20 +670,6 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         let rel = p.strip_prefix(&root_prefix).unwrap_or(p);
         format!("/{}", rel.display())
     };
-    let record_path = root.path(layout::INSTALL_RECORD);
-    changes.create_dir_all(record_path.parent().expect("record has a parent"))?;
-    let pid_file =
-        (init == Init::None).then(|| format!("/run/k3s-airgap/{}.pid", opts.role.service_name()));
-    let log_file =
-        (init == Init::None).then(|| format!("/var/log/{}.log", opts.role.service_name()));
-    // The detached k3s's pid and log directories are this install's too.
-    if !opts.no_start {
-        for f in pid_file.iter().chain(log_file.iter()) {
-            if let Some(dir) = root.path(f).parent() {
-                changes.create_dir_all(dir)?;
-            }
-        }
-    }
     for d in changes.keep() {
         let h = host(&d);
         if !dirs.contains(&h) {
@@ -578,14 +718,8 @@ pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> anyhow::Result<Ins
         pid_file: pid_file.clone(),
         log_file: log_file.clone(),
     };
-    let mut changes2 = Changes::new();
-    let record_written = write_file(
-        &mut changes2,
-        &record_path,
-        record.to_json().as_bytes(),
-        0o600,
-    )?;
-    changes2.keep();
+    let record_written = fill_reserved(reserved, record.to_json().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", layout::INSTALL_RECORD))?;
     // The record now holds every directory the journal listed.
     let _ = std::fs::remove_file(root.path(layout::INSTALL_JOURNAL));
 

@@ -3,12 +3,105 @@
 //! firewalld, SELinux, port 6443, an existing k3s, and the host's arch in the
 //! bundle. Each check reports what it found, what is needed and a verdict; a
 //! failure names the fix. Reads only `/proc`, `/sys` and the root's files.
+//!
+//! The disk check sums what the install will write ([`SpaceNeed`], predicted
+//! from `bundle.json`) per file system and compares it with what is free
+//! there; [`shortfalls`] is the same sum, for explaining a file system that
+//! filled up during an install all the same.
 
 use crate::layout::{Role, K3S_BIN};
 use crate::root::HostRoot;
+use airgap_bundle::space::{self, human};
 use serde::Serialize;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A file system block: every file takes whole ones.
+pub const BLOCK: u64 = 4096;
+
+/// Bytes an install will write under one path.
+#[derive(Debug, Clone)]
+pub struct SpaceNeed {
+    /// Where (under the root); need not exist yet.
+    pub path: PathBuf,
+    /// Bytes, in whole blocks.
+    pub bytes: u64,
+    /// What, for messages: `the k3s binary`.
+    pub what: String,
+}
+
+impl SpaceNeed {
+    /// `files` of these sizes, each rounded up to whole blocks.
+    pub fn files(path: PathBuf, sizes: &[u64], what: impl Into<String>) -> SpaceNeed {
+        SpaceNeed {
+            path,
+            bytes: sizes.iter().map(|s| s.div_ceil(BLOCK).max(1) * BLOCK).sum(),
+            what: what.into(),
+        }
+    }
+}
+
+/// One file system without room for what the install writes on it.
+#[derive(Debug, Clone)]
+pub struct Shortfall {
+    /// The file system's mount point (the topmost directory on it above the
+    /// first path that needs space).
+    pub mount: PathBuf,
+    pub needed: u64,
+    pub free: u64,
+    pub what: Vec<String>,
+}
+
+impl Shortfall {
+    pub fn missing(&self) -> u64 {
+        self.needed.saturating_sub(self.free)
+    }
+}
+
+/// The topmost directory on the same file system as `path` (its nearest
+/// existing ancestor): where the user looks for the space.
+fn mount_point(path: &Path) -> PathBuf {
+    let Some(mut p) = space::existing_ancestor(path) else {
+        return path.to_path_buf();
+    };
+    let dev = space::device(p);
+    while let Some(parent) = p.parent() {
+        if space::device(parent) != dev {
+            break;
+        }
+        p = parent;
+    }
+    p.to_path_buf()
+}
+
+/// The needs summed per file system, each with what is free there now;
+/// `(all, short)`: every file system, and those without room.
+pub fn shortfalls(needs: &[SpaceNeed]) -> (Vec<Shortfall>, Vec<Shortfall>) {
+    let mut all: Vec<(Option<u64>, Shortfall)> = Vec::new();
+    for need in needs.iter().filter(|n| n.bytes > 0) {
+        let dev = space::device(&need.path);
+        match all.iter_mut().find(|(d, _)| d.is_some() && *d == dev) {
+            Some((_, s)) => {
+                s.needed += need.bytes;
+                if !s.what.contains(&need.what) {
+                    s.what.push(need.what.clone());
+                }
+            }
+            None => all.push((
+                dev,
+                Shortfall {
+                    mount: mount_point(&need.path),
+                    needed: need.bytes,
+                    free: space::free_bytes(&need.path).unwrap_or(u64::MAX),
+                    what: vec![need.what.clone()],
+                },
+            )),
+        }
+    }
+    let all: Vec<Shortfall> = all.into_iter().map(|(_, s)| s).collect();
+    let short = all.iter().filter(|s| s.missing() > 0).cloned().collect();
+    (all, short)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,8 +145,8 @@ pub struct PreflightInput<'a> {
     /// The k3s architecture name of this host.
     pub host_arch: &'a str,
     pub bundle_arches: &'a [String],
-    /// Bytes the install will write under the root (files and images).
-    pub bytes_needed: u64,
+    /// What the install will write, and where.
+    pub space: &'a [SpaceNeed],
     pub https_port: u16,
     /// Checks to skip (`all` skips every one).
     pub skip: &'a [String],
@@ -174,51 +267,50 @@ fn memory(role: Role) -> Check {
     )
 }
 
-/// Free bytes on the file system holding `path` (or its nearest existing parent).
-fn free_bytes(path: &Path) -> Option<u64> {
-    let mut p = path;
-    while !p.exists() {
-        p = p.parent()?;
-    }
-    let out = std::process::Command::new("df")
-        .args(["-B1", "--output=avail"])
-        .arg(p)
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn disk(root: &HostRoot, needed: u64) -> Check {
-    let at = root.path("/var/lib/rancher");
-    match free_bytes(&at) {
-        Some(free) => check(
-            "disk",
-            format!("{} MiB free", free >> 20),
-            format!(">= {} MiB", needed.div_ceil(1 << 20)),
-            if free >= needed {
-                Verdict::Pass
-            } else {
-                Verdict::Fail
-            },
-            Some(&format!(
-                "free {} MiB more on the file system of {}",
-                (needed.saturating_sub(free)).div_ceil(1 << 20),
-                at.display()
-            )),
-        ),
-        None => check(
+fn disk(needs: &[SpaceNeed]) -> Check {
+    let (all, short) = shortfalls(needs);
+    let needed: u64 = all.iter().map(|s| s.needed).sum();
+    let Some(first) = short.first().or(all.first()) else {
+        return check("disk", "nothing to write", "-", Verdict::Pass, None);
+    };
+    if first.free == u64::MAX {
+        return check(
             "disk",
             "unknown",
-            format!(">= {} MiB", needed >> 20),
+            format!(">= {}", human(needed)),
             Verdict::Warn,
-            Some("could not measure free space"),
-        ),
+            Some(&format!(
+                "could not measure the free space on {}",
+                first.mount.display()
+            )),
+        );
     }
+    let fix = short
+        .iter()
+        .map(|s| {
+            format!(
+                "no space left on {}, needed {} more ({} free; {} need {}): free that \
+                 much there, or install onto a larger file system",
+                s.mount.display(),
+                human(s.missing()),
+                human(s.free),
+                s.what.join(", "),
+                human(s.needed)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    check(
+        "disk",
+        format!("{} free on {}", human(first.free), first.mount.display()),
+        format!(">= {}", human(first.needed)),
+        if short.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        (!short.is_empty()).then_some(fix.as_str()),
+    )
 }
 
 fn cgroups() -> Check {
@@ -357,7 +449,7 @@ pub fn run(input: &PreflightInput<'_>) -> Report {
         checks.push(match *name {
             "kernel" => kernel(),
             "memory" => memory(input.role),
-            "disk" => disk(input.root, input.bytes_needed),
+            "disk" => disk(input.space),
             "cgroups" => cgroups(),
             "br_netfilter" => br_netfilter(),
             "swap" => swap(),
@@ -382,13 +474,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = HostRoot::new(t.path()).unwrap();
         let arches = vec!["amd64".to_string()];
+        let space = [SpaceNeed::files(
+            root.path("/usr/local/bin/k3s"),
+            &[u64::MAX / 4],
+            "the k3s binary",
+        )];
         let skip = vec!["port".to_string()];
         let report = run(&PreflightInput {
             root: &root,
             role: Role::Server,
             host_arch: "arm64",
             bundle_arches: &arches,
-            bytes_needed: u64::MAX / 2,
+            space: &space,
             https_port: 6443,
             skip: &skip,
             reinstall: false,
@@ -407,5 +504,10 @@ mod tests {
         );
         let text = report.to_string();
         assert!(text.contains("build a bundle with --arch arm64"), "{text}");
+        assert!(
+            text.contains(&format!("no space left on {}", t.path().display()))
+                || text.contains("no space left on /"),
+            "{text}"
+        );
     }
 }

@@ -5,12 +5,15 @@
 //!
 //! [`Changes`] is the undo log of one run: directories it created, files it
 //! staged. Until [`Changes::keep`] is called, dropping it removes them again,
-//! so a failed install leaves the host as it found it.
+//! so a failed install leaves the host as it found it. Files are staged
+//! ([`stage_file`]) and space for the record is reserved ([`reserve_file`])
+//! before anything is published, so a file system that fills up fails the
+//! run while it can still be undone.
 
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::{hash_file, Digest};
 use anyhow::{bail, Context as _};
-use std::io::Write as _;
+use std::io::{Seek as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
@@ -113,8 +116,10 @@ impl Changes {
             .iter()
             .map(|d| format!("{}\n", d.display()))
             .collect();
-        std::fs::write(journal, text).with_context(|| format!("writing {}", journal.display()))?;
         changes.journal = Some(journal.to_path_buf());
+        // On failure (a full disk), dropping `changes` removes the journal
+        // and the directories made for it.
+        std::fs::write(journal, text).with_context(|| format!("writing {}", journal.display()))?;
         Ok(changes)
     }
 
@@ -187,9 +192,26 @@ pub fn write_file(
     content: &[u8],
     mode: u32,
 ) -> anyhow::Result<bool> {
+    match stage_file(changes, path, content, mode)? {
+        Some(f) => {
+            f.commit()?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Writes `content` beside `path`, to be renamed into place by committing
+/// it (dropping it removes it); `None` when `path` already holds exactly it.
+pub fn stage_file(
+    changes: &mut Changes,
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+) -> anyhow::Result<Option<AtomicFile>> {
     AtomicFile::remove_stale(path)?;
     if file_matches(path, &Digest::of(content), mode) {
-        return Ok(false);
+        return Ok(None);
     }
     if let Some(dir) = path.parent() {
         changes.create_dir_all(dir)?;
@@ -198,6 +220,44 @@ pub fn write_file(
     f.set_mode(mode)?;
     f.write_all(content)
         .with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(f))
+}
+
+/// Reserves `bytes` beside `path` for a file whose content is known only
+/// later (the install record, once the images are named): written now, it
+/// fails while the run can still be undone, and [`fill_reserved`] then
+/// overwrites blocks already allocated. `path`'s directory must exist.
+pub fn reserve_file(path: &Path, bytes: u64, mode: u32) -> anyhow::Result<AtomicFile> {
+    AtomicFile::remove_stale(path)?;
+    let mut f = AtomicFile::create(path)?;
+    f.set_mode(mode)?;
+    let zeros = vec![0u8; 64 << 10];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])
+            .with_context(|| format!("reserving {bytes} bytes for {}", path.display()))?;
+        left -= n as u64;
+    }
+    f.file()
+        .sync_data()
+        .with_context(|| format!("reserving space for {}", path.display()))?;
+    Ok(f)
+}
+
+/// Puts `content` into a file [`reserve_file`] made and renames it into
+/// place, unless the target already holds exactly it (then the reservation
+/// is dropped). Returns whether it was written.
+pub fn fill_reserved(mut f: AtomicFile, content: &[u8], mode: u32) -> anyhow::Result<bool> {
+    if file_matches(f.target(), &Digest::of(content), mode) {
+        return Ok(false);
+    }
+    let target = f.target().to_path_buf();
+    let file = f.file();
+    file.rewind()?;
+    file.write_all(content)
+        .and_then(|()| file.set_len(content.len() as u64))
+        .with_context(|| format!("writing {}", target.display()))?;
     f.commit()?;
     Ok(true)
 }
@@ -250,6 +310,19 @@ mod tests {
         drop(c);
         assert!(!t.path().join("x").exists());
         assert!(!t.path().join("state").exists());
+    }
+
+    #[test]
+    fn reserved_files_take_their_content_later() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("record.json");
+        let f = reserve_file(&p, 100_000, 0o600).unwrap();
+        assert_eq!(std::fs::metadata(f.temp_path()).unwrap().len(), 100_000);
+        assert!(fill_reserved(f, b"{}", 0o600).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"{}");
+        let f = reserve_file(&p, 10, 0o600).unwrap();
+        assert!(!fill_reserved(f, b"{}", 0o600).unwrap());
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
     }
 
     #[test]

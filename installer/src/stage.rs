@@ -54,6 +54,11 @@ impl<'c> FileStager<'c> {
         }
     }
 
+    /// The run's undo log, to stage more under it while this stager holds it.
+    pub fn changes(&mut self) -> &mut Changes {
+        self.changes
+    }
+
     /// Renames every staged file into place. Call only after the whole bundle
     /// verified (and the images were imported).
     pub fn publish(self) -> anyhow::Result<Vec<Placed>> {
