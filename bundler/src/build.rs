@@ -16,7 +16,7 @@ use crate::release::{self, ReleaseSource};
 use crate::space::SpaceWatch;
 use crate::store::BlobStore;
 use airgap_bundle::atomic::AtomicFile;
-use airgap_bundle::digest::{hash_file, Digest};
+use airgap_bundle::digest::{hash_file, Digest, HashingWriter};
 use airgap_bundle::lock::{ImagesLock, LockedImage, LOCK_NAME};
 use airgap_bundle::meta::{
     BundleMeta, FileMeta, FileRole, ImageMeta, PlatformMeta, Totals, META_NAME, SCHEMA_VERSION,
@@ -364,11 +364,13 @@ async fn build_stages(
             .with_context(|| format!("creating {}", output.display()))?;
         let entries = staged.entries.clone();
         let compression = opts.compression;
-        let file = out.file().try_clone()?;
+        // The file's digest is taken from the bytes as they are written,
+        // not by reading the file back.
+        let file = HashingWriter::new(out.file().try_clone()?);
         let writer = std::io::BufWriter::with_capacity(1 << 20, file);
-        tokio::task::block_in_place(|| {
+        let written = tokio::task::block_in_place(|| {
             let mut on_bytes = |n| progress.writing_advanced(n);
-            write_bundle(
+            let (_, hashed) = write_bundle(
                 writer,
                 &signature,
                 &sums_text,
@@ -378,15 +380,21 @@ async fn build_stages(
                 &mut on_bytes,
             )?
             .into_inner()
-            .map_err(|e| e.into_error())?;
-            anyhow::Ok(())
+            .map_err(|e| e.into_error())?
+            .finish();
+            anyhow::Ok(hashed)
         })
         .with_context(|| format!("writing {}", output.display()))?;
         progress.writing_done();
         let size = out.file().metadata()?.len();
+        anyhow::ensure!(
+            size == written.size,
+            "{} holds {size} bytes, but {} were written",
+            output.display(),
+            written.size
+        );
         out.commit()?;
-        let sha256 = tokio::task::block_in_place(|| hash_file(&output))?.digest;
-        (size, sha256, Vec::new())
+        (size, written.digest, Vec::new())
     };
 
     // Record the pins only once the bundle exists.
