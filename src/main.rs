@@ -367,6 +367,15 @@ enum ReleaseLayoutArg {
     Cn,
 }
 
+impl From<ReleaseLayoutArg> for airgap_bundler::release::ReleaseLayout {
+    fn from(arg: ReleaseLayoutArg) -> Self {
+        match arg {
+            ReleaseLayoutArg::Github => Self::Github,
+            ReleaseLayoutArg::Cn => Self::Cn,
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, ValueEnum)]
 enum CompressArg {
     Zstd,
@@ -398,9 +407,14 @@ struct LockArgs {
     /// if anything does; never write.
     #[arg(long)]
     check: bool,
-    /// Base URL of the k3s release assets, in GitHub's layout.
+    /// Base URL of the k3s release assets.
     #[arg(long, value_name = "URL", default_value = airgap_bundler::release::GITHUB_RELEASES)]
     release_url: String,
+    /// How the release server lays out a version's files, as for `bundle
+    /// build`: github (<URL>/<version>/<asset>) or cn (<URL>/k3s/<version
+    /// with + as ->/<asset>).
+    #[arg(long, value_enum, default_value_t = ReleaseLayoutArg::Github)]
+    release_layout: ReleaseLayoutArg,
     /// Pull images of HOST from a mirror: docker.io=https://mirror.example (repeatable).
     #[arg(long, value_name = "HOST=URL")]
     registry_mirror: Vec<String>,
@@ -691,10 +705,7 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         release: ReleaseSource {
             base_url: args.release_url.clone(),
             install_sh_url: args.install_sh_url.clone(),
-            layout: match args.release_layout {
-                ReleaseLayoutArg::Github => airgap_bundler::release::ReleaseLayout::Github,
-                ReleaseLayoutArg::Cn => airgap_bundler::release::ReleaseLayout::Cn,
-            },
+            layout: args.release_layout.into(),
         },
         registry: RegistryConfig {
             mirrors,
@@ -802,7 +813,7 @@ fn bundle_lock(args: LockArgs) -> anyhow::Result<()> {
         release: ReleaseSource {
             base_url: args.release_url,
             install_sh_url: None,
-            ..Default::default()
+            layout: args.release_layout.into(),
         },
         registry: RegistryConfig {
             mirrors,

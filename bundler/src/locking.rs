@@ -11,21 +11,26 @@
 //!
 //! Resolving reads index and manifest documents (and, for an image without an
 //! index, its small config) and never a layer; every digest recorded is one
-//! computed here over the bytes received, never one a registry announced.
+//! computed here over the bytes received, never one a registry announced. It
+//! goes through the puller's requests, with their retries and messages.
+//!
+//! A manifest image named by digest (`repo@sha256:…`, `repo:tag@sha256:…`) is
+//! pinned by the manifest itself: it is checked at that digest (the registry
+//! has it, for each platform), never re-resolved by its tag, and is not a lock
+//! entry (a lock reference names no digest), so it never drifts.
 
 use crate::auth::Credentials;
 use crate::imageset::{self, Source, WantedImages};
 use crate::registry::{select, Puller, RegistryConfig};
 use crate::release::{self, error_chain, ReleaseSource};
+use crate::store::BlobStore;
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::Digest;
 use airgap_bundle::lock::{ImagesLock, LockedImage, LOCK_NAME, LOCK_VERSION};
-use airgap_bundle::oci::{AnyManifest, Platform, MANIFEST_MEDIA_TYPES};
-use airgap_bundle::oci::{Descriptor, MAX_MANIFEST_BYTES};
+use airgap_bundle::oci::{AnyManifest, Descriptor, Platform};
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
-use oci_client::Reference;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -160,6 +165,10 @@ fn source_names(sources: &[Source]) -> Vec<String> {
 pub fn locked_diff(lock: &ImagesLock, wanted: &WantedImages, platforms: &[Platform]) -> Vec<Drift> {
     let mut drift = Vec::new();
     for (reference, sources) in wanted {
+        if reference.digest.is_some() {
+            // Pinned by the manifest that names it.
+            continue;
+        }
         let name = reference.to_string();
         let Some(entry) = lock.get(reference) else {
             drift.push(Drift::Missing {
@@ -269,58 +278,55 @@ pub struct Resolved {
 }
 
 /// Resolves tags to digests through the same mirrors, plain-HTTP hosts,
-/// credentials and extra CAs as pulls.
+/// credentials, extra CAs, retries and messages as pulls.
 pub struct Resolver {
     /// Its client, and the map from image registries to the hosts contacted.
     puller: Puller,
     credentials: Credentials,
+    /// Where the configs of images without an index are fetched to.
+    store: BlobStore,
+    _scratch: tempfile::TempDir,
 }
 
 impl Resolver {
     pub fn new(config: RegistryConfig) -> Result<Resolver> {
+        let scratch = tempfile::Builder::new()
+            .prefix("airgap-lock-")
+            .tempdir()
+            .context("creating a scratch directory")?;
         // The puller's client already speaks to the mirrors, plain-HTTP hosts
         // and extra CAs of `config`: resolving uses the same one.
         Ok(Resolver {
             credentials: config.credentials.clone(),
             puller: Puller::new(config)?,
+            store: BlobStore::open(scratch.path())?,
+            _scratch: scratch,
         })
     }
 
-    /// Resolves `image`'s tag for each of `platforms`.
+    /// Resolves `image`'s tag (or checks its digest, when it names one) for
+    /// each of `platforms`.
     pub async fn resolve(&self, image: &ImageRef, platforms: &[Platform]) -> Result<Resolved> {
         let host = self.puller.host_for(image);
-        self.resolve_inner(image, &host, platforms)
-            .await
-            .with_context(|| match self.credentials.describe(&host) {
+        self.resolve_inner(image, platforms).await.with_context(|| {
+            match self.credentials.describe(&host) {
                 Some(who) => format!("resolving {image} at {host} ({who})"),
                 None => format!("resolving {image} at {host}"),
-            })
+            }
+        })
     }
 
-    async fn resolve_inner(
-        &self,
-        image: &ImageRef,
-        host: &str,
-        platforms: &[Platform],
-    ) -> Result<Resolved> {
-        let tag = image.tag.clone().unwrap_or_else(|| "latest".to_string());
-        let source = Reference::with_tag(host.to_string(), image.repository.clone(), tag);
-        let (bytes, _) = self
+    async fn resolve_inner(&self, image: &ImageRef, platforms: &[Platform]) -> Result<Resolved> {
+        let what = match (&image.digest, &image.tag) {
+            (Some(d), _) => format!("manifest {d}"),
+            (None, tag) => format!("manifest {}", tag.as_deref().unwrap_or("latest")),
+        };
+        // Size-bounded, and checked against the digest the image names.
+        let bytes = self
             .puller
-            .client()
-            .pull_manifest_raw(
-                &source,
-                &self.credentials.for_host(host),
-                MANIFEST_MEDIA_TYPES,
-            )
+            .top_manifest(image, &self.store)
             .await
-            .map_err(|e| anyhow!("{}", error_chain(&e)))?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            bail!(
-                "{} bytes is more than the {MAX_MANIFEST_BYTES} a manifest may have",
-                bytes.len()
-            );
-        }
+            .with_context(|| what.clone())?;
         let digest = Digest::of(&bytes);
         let mut resolved = Resolved {
             digest,
@@ -336,7 +342,7 @@ impl Resolver {
                 }
             }
             AnyManifest::Image(manifest) => {
-                let found = self.config_platform(&source, &manifest.config).await?;
+                let found = self.config_platform(image, &manifest.config).await?;
                 for wanted in platforms {
                     let fits = wanted.matches(&found)
                         || (found.variant.is_none()
@@ -353,7 +359,7 @@ impl Resolver {
     }
 
     /// The platform a lone manifest's config declares.
-    async fn config_platform(&self, source: &Reference, config: &Descriptor) -> Result<Platform> {
+    async fn config_platform(&self, image: &ImageRef, config: &Descriptor) -> Result<Platform> {
         if config.size > MAX_CONFIG_BYTES {
             bail!(
                 "config {}: {} bytes is more than the {MAX_CONFIG_BYTES} a config may have",
@@ -361,20 +367,12 @@ impl Resolver {
                 config.size
             );
         }
-        let mut bytes: Vec<u8> = Vec::new();
+        // Verified against its digest and size before it is kept.
         self.puller
-            .client()
-            .pull_blob(source, config.digest.to_string().as_str(), &mut bytes)
+            .fetch_blob(image, config, &self.store)
             .await
-            .map_err(|e| anyhow!("config {}: {}", config.digest, error_chain(&e)))?;
-        let found = Digest::of(&bytes);
-        if found != config.digest || bytes.len() as u64 != config.size {
-            bail!(
-                "hash mismatch for config {}: found {found} ({} bytes)",
-                config.digest,
-                bytes.len()
-            );
-        }
+            .with_context(|| format!("config {}", config.digest))?;
+        let bytes = std::fs::read(self.store.path(&config.digest))?;
         serde_json::from_slice(&bytes)
             .with_context(|| format!("config {}: no os and architecture", config.digest))
     }
@@ -569,6 +567,10 @@ pub async fn lock(opts: &LockOptions) -> Result<LockReport> {
         images: Vec::new(),
     };
     for (reference, found) in resolved {
+        if reference.digest.is_some() {
+            // Checked at its digest above; the manifest naming it pins it.
+            continue;
+        }
         let sandbox = wanted[&reference].contains(&Source::Sandbox);
         new.images.push(LockedImage {
             reference,
@@ -623,6 +625,11 @@ mod tests {
         );
         wanted.insert(reference("unpinned:1"), vec![Source::Manifest]);
         wanted.insert(reference("new/app:2"), vec![Source::Manifest]);
+        // Named by digest in a manifest: pinned there, no entry needed.
+        wanted.insert(
+            reference(&format!("pinned/app@{d}")),
+            vec![Source::Manifest],
+        );
         let drift = locked_diff(&lock, &wanted, &[amd64.clone(), arm]);
         let text: Vec<String> = drift.iter().map(ToString::to_string).collect();
         assert_eq!(

@@ -16,7 +16,7 @@
 //! (`--registry-timeout`) are retried a few times with backoff.
 
 use crate::auth::Credentials;
-use crate::progress::Progress;
+use crate::progress::{NoProgress, Progress};
 use crate::release::{error_chain, install_tls_provider, USER_AGENT};
 use crate::store::{BlobStore, BlobWriter, Claim};
 use airgap_bundle::digest::{Digest, DigestMismatch, Hashed};
@@ -140,12 +140,6 @@ pub struct Puller {
 }
 
 impl Puller {
-    /// The registry client, configured for this run's mirrors, plain-HTTP
-    /// hosts and CAs.
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
-    }
-
     pub fn new(config: RegistryConfig) -> Result<Puller> {
         install_tls_provider();
         let mut mirrors = HashMap::new();
@@ -253,6 +247,42 @@ impl Puller {
                 progress.image_failed(image);
                 Err(e.context(format!("pulling {image} from {}", job.host)))
             }
+        }
+    }
+
+    /// `image`'s top manifest or index, fetched as [`Puller::pull`] fetches
+    /// it (by its digest, and checked against it, when it has one; retried
+    /// on 5xx, 429 and broken connections) and nothing else.
+    pub(crate) async fn top_manifest(
+        &self,
+        image: &ImageRef,
+        store: &BlobStore,
+    ) -> Result<Vec<u8>> {
+        let job = self.job(image, store);
+        job.fetch_manifest(&job.source, image.digest.map(|d| (d, None)))
+            .await
+    }
+
+    /// Fetches blob `desc` of `image` into `store`, verified, as pulls do.
+    pub(crate) async fn fetch_blob(
+        &self,
+        image: &ImageRef,
+        desc: &Descriptor,
+        store: &BlobStore,
+    ) -> Result<()> {
+        self.job(image, store).fetch_blob(desc).await
+    }
+
+    /// A job for `image` that reports no progress.
+    fn job<'a>(&'a self, image: &'a ImageRef, store: &'a BlobStore) -> Job<'a> {
+        let source = self.source(image);
+        Job {
+            puller: self,
+            image,
+            host: source.resolve_registry().to_string(),
+            source,
+            store,
+            progress: &NoProgress,
         }
     }
 }
