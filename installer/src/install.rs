@@ -240,7 +240,8 @@ fn placements(
 
 /// Bytes reserved for the install record, which is written last.
 fn record_reserve(meta: &BundleMeta) -> u64 {
-    16 * preflight::BLOCK + 1024 * meta.images.len() as u64 + 256 * meta.files.len() as u64
+    // About twice what a record of this many images and files takes.
+    (8 << 10) + (2 << 10) * meta.images.len() as u64 + 512 * meta.files.len() as u64
 }
 
 /// What the install writes, and where, predicted from `bundle.json`: the
@@ -515,10 +516,8 @@ fn install_stages(
             }
         }
         if space::is_full(&e) {
-            return Err(e.context(format!(
-                "installing {}: nothing was installed",
-                opts.bundle.display()
-            )));
+            // Not the bundle's fault; explained in install().
+            return Err(e.context(format!("installing {}", opts.bundle.display())));
         }
         return Err(e.context(format!(
             "bundle {} is not valid; nothing was installed",
@@ -605,7 +604,11 @@ fn install_stages(
                     tracing::warn!("dropping the failed import's content: {abort:#}");
                 }
             }
-            return Err(e.context("nothing was installed"));
+            return Err(if space::is_full(&e) {
+                e
+            } else {
+                e.context("nothing was installed")
+            });
         }
     };
 

@@ -13,6 +13,7 @@ pub mod install;
 pub mod lock;
 pub mod split;
 pub mod tarball;
+pub mod tmpfs;
 
 use airgap_testbed::containerd::output_with_timeout;
 use airgap_testbed::{seed, Registry, ReleaseServer, Seeded};

@@ -43,12 +43,23 @@ impl Tmpfs {
     }
 
     /// Writes `NAME` so that only `leave` bytes (rounded down to pages)
-    /// stay free; returns its path.
+    /// stay free, or until the file system is full when another writer
+    /// races it there; returns its path.
     #[track_caller]
     pub fn fill(&self, name: &str, leave: u64) -> PathBuf {
+        use std::io::Write as _;
         let path = self.dir.join(name);
-        let size = self.free().saturating_sub(leave);
-        std::fs::write(&path, vec![0xa5u8; size as usize]).unwrap();
+        let mut left = self.free().saturating_sub(leave);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xa5u8; 64 << 10];
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            match file.write_all(&chunk[..n]) {
+                Ok(()) => left -= n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
         path
     }
 }
