@@ -10,6 +10,14 @@
 //! bundle's digests (checked by the reader and again by containerd) and
 //! containerd itself; nothing here touches the host's files.
 //!
+//! containerd may restart under an import (a crash, a package upgrade): a
+//! call that finds the connection broken waits, up to
+//! [`ImportOptions::reconnect`], for containerd to answer again and carries
+//! on, a blob write from the offset containerd kept in its ingest (the lease
+//! and the ingest survive the restart). When it does not come back, or
+//! comes back without what was written, the error is a [`ContainerdLost`]
+//! naming the socket and what the import was doing.
+//!
 //! Stages, one file each: [`content`] (blobs in and out of the content store),
 //! [`unpack`] (layers into snapshots), [`sink`] (the bundle reader's side).
 
@@ -75,10 +83,13 @@ pub struct ImportOptions {
     /// installer dies before deleting it. A longer import is still safe: the
     /// blobs an image needs are checked again before it is named.
     pub lease_expiry: Duration,
+    /// How long to wait for containerd to answer again after the connection
+    /// broke mid-import (it restarted).
+    pub reconnect: Duration,
 }
 
 impl ImportOptions {
-    /// `k8s.io`, `overlayfs`, this host's platform, 10 s, 1 h.
+    /// `k8s.io`, `overlayfs`, this host's platform, 10 s, 1 h, 30 s.
     pub fn new(socket: impl Into<PathBuf>) -> ImportOptions {
         ImportOptions {
             socket: socket.into(),
@@ -87,6 +98,7 @@ impl ImportOptions {
             platform: host_platform(),
             timeout: Duration::from_secs(10),
             lease_expiry: Duration::from_secs(3600),
+            reconnect: Duration::from_secs(30),
         }
     }
 }
@@ -136,9 +148,103 @@ pub struct Importer {
     lease: Option<Lease>,
 }
 
+/// The import lost its connection to containerd and could not carry on:
+/// containerd did not answer again in time, or came back without what had
+/// been written. Nothing of the import is named in containerd.
+#[derive(Debug, thiserror::Error)]
+#[error("lost the connection to containerd at {} while {doing}", socket.display())]
+pub struct ContainerdLost {
+    pub socket: PathBuf,
+    /// What the import was doing: `writing blob sha256:… (image …)`.
+    pub doing: String,
+}
+
+/// A gRPC failure, shown as `containerd said NotFound: ...`.
+#[derive(Debug, thiserror::Error)]
+#[error("containerd said {code:?}: {message}")]
+pub struct GrpcError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl GrpcError {
+    /// Whether the connection broke (containerd stopped or restarted)
+    /// rather than containerd refusing the call.
+    pub fn connection_lost(&self) -> bool {
+        status_lost(self.code, &self.message)
+    }
+}
+
+fn status_lost(code: Code, message: &str) -> bool {
+    let message = message.to_lowercase();
+    match code {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted => [
+            "connection",
+            "transport",
+            "broken pipe",
+            "h2 protocol",
+            "stream closed",
+            "ended the write",
+        ]
+        .iter()
+        .any(|w| message.contains(w)),
+        _ => false,
+    }
+}
+
+/// Whether a status says the connection to containerd broke.
+pub(crate) fn is_lost_status(status: &Status) -> bool {
+    status_lost(status.code(), status.message())
+}
+
+/// Whether `e` came from a broken connection to containerd.
+pub fn is_connection_lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<GrpcError>()
+            .is_some_and(GrpcError::connection_lost)
+    })
+}
+
 /// A gRPC failure as a short message: `containerd said NotFound: ...`.
 pub(crate) fn grpc(status: Status) -> anyhow::Error {
-    anyhow!("containerd said {:?}: {}", status.code(), status.message())
+    GrpcError {
+        code: status.code(),
+        message: status.message().to_string(),
+    }
+    .into()
+}
+
+/// How many times one call goes on after containerd came back.
+pub(crate) const RECONNECTS: u32 = 3;
+
+/// Waits, up to `patience`, until containerd answers on `channel` again
+/// (tonic reconnects the channel by itself).
+pub(crate) async fn wait_for_containerd(
+    channel: &Channel,
+    socket: &std::path::Path,
+    patience: Duration,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            VersionClient::new(channel.clone()).version(()),
+        )
+        .await;
+        let reason = match answer {
+            Ok(Ok(_)) => {
+                tracing::info!(socket = %socket.display(), after = ?started.elapsed(), "containerd answers again");
+                return Ok(());
+            }
+            Ok(Err(status)) => grpc(status).to_string(),
+            Err(_) => "no answer within 2s".to_string(),
+        };
+        if started.elapsed() >= patience {
+            bail!("it did not answer again within {patience:?} (last: {reason})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -303,6 +409,50 @@ impl Importer {
 
     pub(crate) fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// Waits for containerd to answer again after the connection broke.
+    pub(crate) async fn wait_back(&self) -> Result<()> {
+        wait_for_containerd(&self.channel, &self.opts.socket, self.opts.reconnect).await
+    }
+
+    /// Runs `op`; when it fails because the connection to containerd broke,
+    /// waits for containerd to come back and runs it again (at most
+    /// [`RECONNECTS`] times). `op` must be safe to repeat.
+    pub(crate) async fn retry_lost<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            match op().await {
+                Err(e) if tries < RECONNECTS && is_connection_lost(&e) => {
+                    tries += 1;
+                    tracing::warn!(
+                        "lost containerd at {} ({e:#}); waiting for it to answer again",
+                        self.opts.socket.display()
+                    );
+                    if let Err(gone) = self.wait_back().await {
+                        return Err(e.context(gone));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `e` with a [`ContainerdLost`] naming the socket and `doing` on top
+    /// when the connection to containerd broke.
+    pub fn lost(&self, e: anyhow::Error, doing: impl FnOnce() -> String) -> anyhow::Error {
+        if is_connection_lost(&e) && e.downcast_ref::<ContainerdLost>().is_none() {
+            e.context(ContainerdLost {
+                socket: self.opts.socket.clone(),
+                doing: doing(),
+            })
+        } else {
+            e
+        }
     }
 
     pub(crate) fn require_lease(&self) -> Result<&str> {
@@ -543,6 +693,27 @@ mod tests {
         for bad in ["", "k8s..io", ".k8s", "a/b", "k8s.io-", "ü"] {
             assert!(check_identifier("namespace", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tells_a_lost_connection_from_a_refusal() {
+        assert!(status_lost(
+            Code::Unavailable,
+            "Connection refused (os error 111)"
+        ));
+        assert!(status_lost(
+            Code::Unknown,
+            "error reading a body from connection"
+        ));
+        assert!(status_lost(Code::Unknown, "h2 protocol error: broken pipe"));
+        assert!(!status_lost(Code::NotFound, "connection"));
+        assert!(!status_lost(
+            Code::FailedPrecondition,
+            "unexpected commit digest"
+        ));
+        let e = grpc(Status::unavailable("transport error")).context("writing");
+        assert!(is_connection_lost(&e));
+        assert!(!is_connection_lost(&grpc(Status::not_found("blob"))));
     }
 
     #[test]

@@ -519,6 +519,10 @@ fn install_stages(
             // Not the bundle's fault; explained in install().
             return Err(e.context(format!("installing {}", opts.bundle.display())));
         }
+        // A containerd that went away is no fault of the bundle's.
+        if e.downcast_ref::<crate::import::ContainerdLost>().is_some() {
+            return Err(e.context("nothing was installed"));
+        }
         return Err(e.context(format!(
             "bundle {} is not valid; nothing was installed",
             opts.bundle.display()

@@ -4,10 +4,14 @@
 //! it receives and refuses the commit when either differs, so a wrong byte
 //! never becomes content. Each message is answered before the next is sent
 //! (containerd replies to every one), which keeps at most one chunk in
-//! flight. Manifests and indexes get the garbage-collection reference labels
+//! flight. A write whose connection broke (containerd restarted) is opened
+//! again once containerd answers: containerd kept the ingest, says how much
+//! of it it has, and the write goes on from there (the chunk in flight is
+//! held until answered, so nothing needs reading twice). Manifests and
+//! indexes get the garbage-collection reference labels
 //! containerd's own pull sets, so the image record keeps everything below it.
 
-use super::{grpc, Importer};
+use super::{grpc, is_lost_status, wait_for_containerd, ContainerdLost, Importer, RECONNECTS};
 use airgap_bundle::digest::Digest;
 use airgap_bundle::oci::{is_index, AnyManifest, Descriptor};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -21,6 +25,8 @@ use containerd_client::tonic::metadata::MetadataMap;
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request, Status};
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::mpsc;
 
@@ -83,6 +89,56 @@ pub struct BlobWriter {
     rx: Streaming<WriteContentResponse>,
     content: ContentClient<Channel>,
     metadata: MetadataMap,
+    /// To wait for containerd after a restart: its channel, socket and the
+    /// import's patience.
+    channel: Channel,
+    socket: PathBuf,
+    patience: Duration,
+}
+
+/// An open write stream: where to send, what comes back, and the offset
+/// containerd holds for the ingest.
+type Opened = (
+    mpsc::Sender<WriteContentRequest>,
+    Streaming<WriteContentResponse>,
+    u64,
+);
+
+/// Opens a write of `digest` under `reference` (resuming the ingest when
+/// containerd has one); `None` when containerd already has the blob.
+async fn open_write(
+    content: &mut ContentClient<Channel>,
+    metadata: &MetadataMap,
+    reference: &str,
+    digest: &Digest,
+    size: u64,
+) -> std::result::Result<Option<Opened>, Status> {
+    let (tx, mut rx) = mpsc::channel(1);
+    // containerd answers (and sends headers) only once it has the first
+    // message, so it must be queued before the call.
+    tx.send(WriteContentRequest {
+        action: WriteAction::Stat as i32,
+        r#ref: reference.to_string(),
+        total: size as i64,
+        expected: digest.to_string(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|_| Status::internal("internal error: write channel closed"))?;
+    let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut req = Request::new(requests);
+    *req.metadata_mut() = metadata.clone();
+    let mut responses = match content.write(req).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) if s.code() == Code::AlreadyExists => return Ok(None),
+        Err(s) => return Err(s),
+    };
+    match responses.message().await {
+        Ok(Some(stat)) => Ok(Some((tx, responses, stat.offset.max(0) as u64))),
+        Ok(None) => Err(Status::aborted("containerd ended the write")),
+        Err(s) if s.code() == Code::AlreadyExists => Ok(None),
+        Err(s) => Err(s),
+    }
 }
 
 impl BlobWriter {
@@ -111,7 +167,8 @@ impl BlobWriter {
         }
     }
 
-    /// Appends `data`.
+    /// Appends `data`. When the connection breaks, waits for containerd to
+    /// come back and goes on from what its ingest holds.
     pub async fn write(&mut self, data: Vec<u8>) -> Result<()> {
         let len = data.len() as u64;
         if self.offset + len > self.size {
@@ -121,42 +178,144 @@ impl BlobWriter {
                 self.size
             );
         }
-        let resp = self
-            .exchange(WriteContentRequest {
-                action: WriteAction::Write as i32,
-                offset: self.offset as i64,
-                data,
-                ..Default::default()
-            })
-            .await
-            .map_err(grpc)
-            .with_context(|| format!("writing blob {} to containerd", self.digest))?;
-        self.offset += len;
-        if resp.offset as u64 != self.offset {
-            bail!(
-                "writing blob {}: containerd is at offset {}, expected {}",
-                self.digest,
-                resp.offset,
-                self.offset
-            );
+        // Bytes of `data` containerd has.
+        let mut from = 0u64;
+        let mut tries = 0;
+        while from < len {
+            let result = self
+                .exchange(WriteContentRequest {
+                    action: WriteAction::Write as i32,
+                    offset: (self.offset + from) as i64,
+                    data: data[from as usize..].to_vec(),
+                    ..Default::default()
+                })
+                .await;
+            match result {
+                Ok(resp) => {
+                    if resp.offset as u64 != self.offset + len {
+                        bail!(
+                            "writing blob {}: containerd is at offset {}, expected {}",
+                            self.digest,
+                            resp.offset,
+                            self.offset + len
+                        );
+                    }
+                    break;
+                }
+                Err(status) if tries < RECONNECTS && is_lost_status(&status) => {
+                    tries += 1;
+                    let at = self.reopen(status).await?;
+                    if at < self.offset || at > self.offset + len {
+                        return Err(self.lost(format!(
+                            "writing blob {}: containerd came back holding {at} bytes of it, \
+                             not {}..={}",
+                            self.digest,
+                            self.offset,
+                            self.offset + len
+                        )));
+                    }
+                    from = at - self.offset;
+                }
+                Err(status) => {
+                    return Err(grpc(status))
+                        .with_context(|| format!("writing blob {} to containerd", self.digest))
+                }
+            }
         }
+        self.offset += len;
         Ok(())
+    }
+
+    /// After the connection broke: waits for containerd and opens the write
+    /// again; returns the offset its ingest holds.
+    async fn reopen(&mut self, status: Status) -> Result<u64> {
+        tracing::warn!(
+            blob = %self.digest,
+            offset = self.offset,
+            "lost containerd at {} ({}); waiting for it to answer again",
+            self.socket.display(),
+            grpc(status.clone())
+        );
+        if let Err(gone) = wait_for_containerd(&self.channel, &self.socket, self.patience).await {
+            return Err(grpc(status).context(gone).context(self.lost_while()));
+        }
+        let opened = open_write(
+            &mut self.content,
+            &self.metadata,
+            &self.reference,
+            &self.digest,
+            self.size,
+        )
+        .await
+        .map_err(grpc)
+        .with_context(|| format!("opening the write of blob {} again", self.digest))
+        .map_err(|e| e.context(self.lost_while()))?;
+        let Some((tx, rx, at)) = opened else {
+            return Err(self.lost(format!(
+                "writing blob {}: containerd came back with the blob already committed",
+                self.digest
+            )));
+        };
+        self.tx = Some(tx);
+        self.rx = rx;
+        tracing::info!(blob = %self.digest, at, "write of the blob opened again");
+        Ok(at)
+    }
+
+    fn lost_while(&self) -> ContainerdLost {
+        ContainerdLost {
+            socket: self.socket.clone(),
+            doing: format!(
+                "writing blob {} ({} of {} bytes written)",
+                self.digest, self.offset, self.size
+            ),
+        }
+    }
+
+    fn lost(&self, why: String) -> anyhow::Error {
+        anyhow!(why).context(self.lost_while())
     }
 
     /// Has containerd check size and digest and store the blob with
     /// `labels`. On refusal the ingest is aborted and the error names the
     /// blob.
     pub async fn commit(mut self, labels: HashMap<String, String>) -> Result<Committed> {
-        let result = self
-            .exchange(WriteContentRequest {
-                action: WriteAction::Commit as i32,
-                offset: self.offset as i64,
-                total: self.size as i64,
-                expected: self.digest.to_string(),
-                labels,
-                ..Default::default()
-            })
-            .await;
+        let mut tries = 0;
+        let result = loop {
+            let result = self
+                .exchange(WriteContentRequest {
+                    action: WriteAction::Commit as i32,
+                    offset: self.offset as i64,
+                    total: self.size as i64,
+                    expected: self.digest.to_string(),
+                    labels: labels.clone(),
+                    ..Default::default()
+                })
+                .await;
+            match result {
+                Err(status) if tries < RECONNECTS && is_lost_status(&status) => {
+                    tries += 1;
+                    // Committed before the connection broke, or not: opening
+                    // the write again says which.
+                    match self.reopen(status).await {
+                        Ok(at) if at == self.offset => continue,
+                        Ok(at) => {
+                            return Err(self.lost(format!(
+                                "committing blob {}: containerd came back holding {at} of \
+                                 its {} bytes",
+                                self.digest, self.offset
+                            )))
+                        }
+                        Err(e) if e.to_string().contains("already committed") => {
+                            self.tx = None;
+                            return Ok(Committed::Present);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                other => break other,
+            }
+        };
         match result {
             Ok(resp) => {
                 if resp.digest != self.digest.to_string() {
@@ -229,44 +388,33 @@ impl Importer {
     }
 
     /// Opens a write of `digest`; `None` when containerd already has it.
+    /// An ingest left by an earlier run (an import that died) is started
+    /// over: the first write, at offset 0, truncates it.
     pub async fn open_blob(&self, digest: &Digest, size: u64) -> Result<Option<BlobWriter>> {
         self.require_lease()?;
         let reference = format!("airgap-import-{digest}");
-        let (tx, mut rx) = mpsc::channel(1);
-        // containerd answers (and sends headers) only once it has the first
-        // message, so it must be queued before the call.
-        tx.send(WriteContentRequest {
-            action: WriteAction::Stat as i32,
-            r#ref: reference.clone(),
-            total: size as i64,
-            expected: digest.to_string(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|_| anyhow!("internal error: write channel closed"))?;
-        let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         let mut content = self.content();
+        let metadata = self.request(()).metadata().clone();
         let context = || format!("opening a write of blob {digest} in containerd");
-        let mut responses = match content.write(self.request(requests)).await {
-            Ok(resp) => resp.into_inner(),
-            Err(s) if s.code() == Code::AlreadyExists => return Ok(None),
-            Err(s) => return Err(grpc(s)).with_context(context),
+        let Some((tx, rx, _)) = open_write(&mut content, &metadata, &reference, digest, size)
+            .await
+            .map_err(grpc)
+            .with_context(context)?
+        else {
+            return Ok(None);
         };
-        match responses.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("{}: containerd ended the write", context()),
-            Err(s) if s.code() == Code::AlreadyExists => return Ok(None),
-            Err(s) => return Err(grpc(s)).with_context(context),
-        }
         Ok(Some(BlobWriter {
             digest: *digest,
             size,
             reference,
             offset: 0,
             tx: Some(tx),
-            rx: responses,
+            rx,
             content,
-            metadata: self.request(()).metadata().clone(),
+            metadata,
+            channel: self.channel(),
+            socket: self.options().socket.clone(),
+            patience: self.options().reconnect,
         }))
     }
 

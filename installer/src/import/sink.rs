@@ -8,6 +8,11 @@
 //! [`MAX_MANIFEST_BYTES`], are: their labels are computed from them). Only
 //! after the whole bundle has been read and verified does [`ImportSink::finish`]
 //! unpack and name the images whose blobs all arrived.
+//!
+//! When containerd restarts midway, the blob writes carry on where its
+//! ingest stopped and other calls are made again once it answers (see
+//! [`Importer::retry_lost`]); when it does not come back, the error names
+//! the socket, the blob and the image it belongs to.
 
 use super::{content::CHUNK, BlobWriter, Committed, ImageOutcome, ImportOptions, Importer};
 use super::{gc_labels, UnpackOutcome};
@@ -72,6 +77,8 @@ pub struct ImportSink {
     pending: Option<Pending>,
     /// Blobs committed (or present) whose entry the reader verified.
     done: HashSet<Digest>,
+    /// The image each blob belongs to (the first, when shared), for errors.
+    owners: HashMap<Digest, String>,
     report: ImportReport,
 }
 
@@ -117,7 +124,16 @@ impl ImportSink {
             documents: HashMap::new(),
             pending: None,
             done: HashSet::new(),
+            owners: HashMap::new(),
             report: ImportReport::default(),
+        }
+    }
+
+    /// `writing blob sha256:… (of image …)`, for errors.
+    fn doing(&self, what: &str, digest: &Digest) -> String {
+        match self.owners.get(digest) {
+            Some(image) => format!("{what} blob {digest} (of image {image})"),
+            None => format!("{what} blob {digest}"),
         }
     }
 
@@ -149,10 +165,22 @@ impl ImportSink {
             }
             match self.finish_image(&importer, image).await {
                 Ok(report) => self.report.images.push(report),
-                Err(e) => failures.push(e),
+                Err(e) => failures.push(importer.lost(e, || {
+                    format!("unpacking and naming image {}", image.reference)
+                })),
             }
         }
-        let ended = importer.commit().await;
+        let socket = importer.options().socket.clone();
+        let ended = importer.commit().await.map_err(|e| {
+            if super::is_connection_lost(&e) {
+                e.context(super::ContainerdLost {
+                    socket,
+                    doing: "ending the import's lease".to_string(),
+                })
+            } else {
+                e
+            }
+        });
         if !failures.is_empty() {
             let count = failures.len();
             let first = failures.remove(0);
@@ -255,11 +283,15 @@ impl ImportSink {
         }
         let importer = self.importer.as_ref().ok_or_else(ended)?;
         let handle = &self.handle;
-        let writer = if handle.block_on(importer.has_blob(&digest))? {
-            None
-        } else {
-            handle.block_on(importer.open_blob(&digest, size))?
-        };
+        let writer = handle
+            .block_on(importer.retry_lost(|| async {
+                if importer.has_blob(&digest).await? {
+                    Ok(None)
+                } else {
+                    importer.open_blob(&digest, size).await
+                }
+            }))
+            .map_err(|e| importer.lost(e, || self.doing("opening a write of", &digest)))?;
         let Some(mut writer) = writer else {
             self.pending = Some(Pending {
                 path: path.to_string(),
@@ -277,7 +309,8 @@ impl ImportSink {
         };
         if let Err(e) = streamed {
             handle.block_on(writer.abort());
-            return Err(e.context(format!("importing blob {digest}")));
+            let e = importer.lost(e, || self.doing("writing", &digest));
+            return Err(e.context(self.doing("importing", &digest)));
         }
         self.pending = Some(Pending {
             path: path.to_string(),
@@ -311,8 +344,19 @@ impl EntrySink for ImportSink {
                 self.documents.entry(platform.digest).or_insert(None);
             }
         }
+        for image in &self.images {
+            let name = image.reference.to_string();
+            let blobs = image
+                .platforms
+                .iter()
+                .flat_map(|p| std::iter::once(p.digest).chain(p.blobs.iter().copied()));
+            for digest in std::iter::once(image.digest).chain(blobs) {
+                self.owners.entry(digest).or_insert_with(|| name.clone());
+            }
+        }
         let importer = self.importer.as_mut().ok_or_else(ended)?;
-        self.handle.block_on(importer.begin())
+        let begun = self.handle.block_on(importer.begin());
+        begun.map_err(|e| importer.lost(e, || "creating the import's lease".to_string()))
     }
 
     fn entry(&mut self, path: &str, size: u64, body: &mut dyn Read) -> Result<()> {
@@ -354,7 +398,11 @@ impl EntrySink for ImportSink {
         let committed = match pending.writer {
             Some(writer) => self
                 .handle
-                .block_on(writer.commit(pending.labels.clone()))?,
+                .block_on(writer.commit(pending.labels.clone()))
+                .map_err(|e| {
+                    let e = importer.lost(e, || self.doing("committing", &digest));
+                    e.context(self.doing("importing", &digest))
+                })?,
             None => Committed::Present,
         };
         match committed {
@@ -364,7 +412,11 @@ impl EntrySink for ImportSink {
             }
             Committed::Present => {
                 self.handle
-                    .block_on(importer.keep_present_blob(&digest, &pending.labels))?;
+                    .block_on(
+                        importer
+                            .retry_lost(|| importer.keep_present_blob(&digest, &pending.labels)),
+                    )
+                    .map_err(|e| importer.lost(e, || self.doing("keeping", &digest)))?;
                 self.report.blobs_present += 1;
             }
         }
