@@ -580,3 +580,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The install record under the root (the containerd socket in it differs
+/// between beds).
+pub const INSTALL_RECORD: &str = "var/lib/rancher/k3s/airgap/install.json";
+
+/// What an install leaves, in a form two installs (into two containerds) can
+/// be compared by: the root's files without mtimes (install.json without the
+/// socket), the images with their labels, and the content digests.
+#[derive(Debug, PartialEq)]
+pub struct EndState {
+    pub files: BTreeMap<String, Node>,
+    pub record: serde_json::Value,
+    pub images: BTreeMap<String, ListedImage>,
+    pub content: BTreeSet<String>,
+}
+
+/// The [`EndState`] of an install under `root` into `cd`.
+pub fn end_state(root: &Path, cd: &Containerd) -> EndState {
+    let files = tree(root)
+        .into_iter()
+        .filter(|(k, _)| k != INSTALL_RECORD)
+        .map(|(k, v)| (k, v.timeless()))
+        .collect();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join(INSTALL_RECORD)).unwrap()).unwrap();
+    record.as_object_mut().unwrap().remove("containerd_socket");
+    EndState {
+        files,
+        record,
+        images: images(cd),
+        content: content(cd).into_keys().collect(),
+    }
+}
+
+/// Asserts that two end states are the same, naming what differs.
+#[track_caller]
+pub fn assert_same_state(clean: &EndState, got: &EndState, what: &str) {
+    assert_same_tree(&clean.files, &got.files, what);
+    assert_eq!(clean.record, got.record, "{what}: install.json");
+    assert_eq!(clean.images, got.images, "{what}: images");
+    assert_eq!(clean.content, got.content, "{what}: content");
+}
