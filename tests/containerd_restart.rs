@@ -3,11 +3,13 @@
 //! layer; the private containerd is SIGKILLed once 2 MiB of that layer are
 //! in its ingest dir, and restarted: at once while the installer is held
 //! stopped, after 2 s with the installer running on, or only after the
-//! installer gave up waiting. The install either finishes (the write goes
-//! on from what the ingest kept), leaving what a clean install leaves, or
-//! fails naming the socket, the blob and its image, with the root
-//! untouched; run again, it completes and equals a clean install. It never
-//! hangs. k3s is the `k3s-standin` TEST DOUBLE; installs use `--no-start`.
+//! installer gave up waiting; and once more for 2 s while that layer is
+//! being unpacked into a snapshot. The install either finishes (the write
+//! goes on from what the ingest kept; the unpack is done again), leaving
+//! what a clean install leaves, or fails naming the socket, the blob and
+//! its image, with the root untouched; run again, it completes and equals a
+//! clean install. It never hangs. k3s is the `k3s-standin` TEST DOUBLE;
+//! installs use `--no-start`.
 
 mod support;
 
@@ -94,6 +96,27 @@ enum Restart {
     DownFor(Duration),
     /// containerd comes back only after the installer stopped waiting.
     AfterGivingUp,
+    /// Down for 2 s while a layer is being unpacked into a snapshot (the
+    /// blobs are all in): the unpack is done again.
+    WhileUnpacking,
+}
+
+/// A snapshot of the overlayfs snapshotter whose files are being written (a
+/// layer being applied). Not the moment a snapshot is created: containerd
+/// renames its dir into place before it commits its own record, and a
+/// crash between the two leaves a dir that makes every later snapshot fail
+/// ("failed to rename: file exists") until containerd's garbage collector
+/// cleans the snapshotter, which no client call triggers.
+fn snapshot_being_filled(cd: &Containerd) -> Option<String> {
+    let dir = cd
+        .root()
+        .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.parse::<u64>().ok()?;
+        std::fs::read_dir(e.path().join("fs")).ok()?.next()?.ok()?;
+        Some(format!("snapshot {name} being filled"))
+    })
 }
 
 #[test]
@@ -111,6 +134,7 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
         Restart::WhileHeld,
         Restart::DownFor(Duration::from_secs(2)),
         Restart::AfterGivingUp,
+        Restart::WhileUnpacking,
     ] {
         let mut cd = Containerd::start().expect("a containerd for this case");
         let root = tempdir("airgap-root-restart-");
@@ -126,11 +150,17 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
         );
         let pid = child.0.id();
 
-        // Part of the big layer is in containerd's ingest dir.
+        // Part of the big layer is in containerd's ingest dir (or, for
+        // WhileUnpacking, a layer is being unpacked).
         let ingest = ingest_dir(&cd);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (reference, bytes) = loop {
-            if let Some(found) = ingest_with_bytes(&ingest, KILL_AT) {
+        let doing = loop {
+            let found = match restart {
+                Restart::WhileUnpacking => snapshot_being_filled(&cd),
+                _ => ingest_with_bytes(&ingest, KILL_AT)
+                    .map(|(r, bytes)| format!("writing {r} ({bytes} bytes in)")),
+            };
+            if let Some(found) = found {
                 break found;
             }
             assert!(
@@ -154,6 +184,11 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
                 std::thread::sleep(down);
                 cd.restart().unwrap();
             }
+            Restart::WhileUnpacking => {
+                cd.kill().unwrap();
+                std::thread::sleep(Duration::from_secs(2));
+                cd.restart().unwrap();
+            }
             Restart::AfterGivingUp => {
                 cd.kill().unwrap();
                 let deadline = Instant::now() + PATIENCE + HANG;
@@ -168,7 +203,7 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
                 cd.restart().unwrap();
             }
         }
-        eprintln!("{restart:?}: killed containerd while writing {reference} ({bytes} bytes in)");
+        eprintln!("{restart:?}: killed containerd at {doing}");
         let status = loop {
             if let Some(status) = child.0.try_wait().unwrap() {
                 break status;
@@ -191,7 +226,11 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
         } else {
             let socket = cd.socket().display().to_string();
             let blob = format!("blob {big}");
-            let needles = [socket.as_str(), &blob, BIG_IMAGE, "lost the connection"];
+            let needles = match restart {
+                // Which image was being unpacked depends on the timing.
+                Restart::WhileUnpacking => vec![socket.as_str(), "lost the connection", "image "],
+                _ => vec![socket.as_str(), &blob, BIG_IMAGE, "lost the connection"],
+            };
             for needle in needles {
                 assert!(
                     err.contains(needle),
@@ -222,10 +261,11 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
             &end_state(root.path(), &cd),
             &format!("{restart:?}: the rerun"),
         );
-        if matches!(restart, Restart::AfterGivingUp) {
-            assert_eq!(outcome, "failed clearly", "containerd was gone too long");
-        } else {
-            assert_eq!(outcome, "finished", "containerd came back in time");
+        match restart {
+            Restart::AfterGivingUp => {
+                assert_eq!(outcome, "failed clearly", "containerd was gone too long")
+            }
+            _ => assert_eq!(outcome, "finished", "containerd came back in time"),
         }
         summary.push(format!("{restart:?}: {outcome}, rerun clean"));
         drop(child);

@@ -163,7 +163,12 @@ impl ImportSink {
                 });
                 continue;
             }
-            match self.finish_image(&importer, image).await {
+            // Unpacking and naming can be done again (a failed extraction
+            // snapshot is dropped, committed ones are kept).
+            let finished = importer
+                .retry_lost(|| self.finish_image(&importer, image))
+                .await;
+            match finished {
                 Ok(report) => self.report.images.push(report),
                 Err(e) => failures.push(importer.lost(e, || {
                     format!("unpacking and naming image {}", image.reference)
