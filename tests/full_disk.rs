@@ -4,7 +4,8 @@
 //! leaves no output, temporary or `.partial` file behind, and changes
 //! nothing else: the lock, the install root (compared tree by tree) and the
 //! private containerd (no image, no lease, its content as it was).
-//! k3s is the `k3s-standin` TEST DOUBLE; installs use `--no-start`.
+//! k3s is the `k3s-standin` TEST DOUBLE; installs use `--no-start`. The
+//! embedded runtime's image archive is counted and undone the same way.
 
 mod support;
 
@@ -324,4 +325,53 @@ fn an_install_whose_root_something_else_fills_after_preflight_restores_it() {
         "an install filled by another writer",
     );
     assert_containerd_as_before(&bed, &content_before, "an install filled by another writer");
+}
+
+#[test]
+fn the_embedded_runtimes_image_archive_is_counted_and_undone_when_it_fills() {
+    let bed = InstallBed::start();
+    let archive = bed.meta.totals.blob_bytes;
+    // Room for k3s and the manifests, and half the image archive.
+    let root = Tmpfs::mount(bed.root(), placed_bytes(&bed) + archive / 2);
+    let before = tree(root.path());
+    let args = |extra: &[&str]| {
+        let mut a = strings(&["--role", "server", "--runtime", "embedded"]);
+        a.extend(strings(&["--init", "none", "--no-start"]));
+        a.extend(strings(extra));
+        a.extend(port_args(bed.port));
+        a
+    };
+    let out = bed.install(&args(&[]));
+    let err = assert_fails_naming(
+        &out,
+        "an embedded-runtime install onto a root without room for its image archive",
+        &[
+            "preflight check disk failed",
+            &format!("no space left on {}", root.path().display()),
+            "the image archive",
+        ],
+    );
+    let more = needed_more(&err);
+    assert!(
+        more >= archive / 2 && more < 2 * archive,
+        "needed {more} more with a {archive}-byte archive: {err}"
+    );
+    assert_same_tree(&before, &tree(root.path()), "a refused embedded install");
+
+    // Preflight skipped: the archive fills the file system as the images stream.
+    let out = bed.install(&args(&["--skip-preflight", "disk"]));
+    assert_fails_naming(
+        &out,
+        "an embedded-runtime install whose image archive fills the root",
+        &[
+            &format!("no space left on {}", root.path().display()),
+            "airgap-images.tar",
+            "the root is as it was",
+        ],
+    );
+    assert_same_tree(
+        &before,
+        &tree(root.path()),
+        "an embedded install that filled the root",
+    );
 }
