@@ -375,3 +375,22 @@ fn the_embedded_runtimes_image_archive_is_counted_and_undone_when_it_fills() {
         "an embedded install that filled the root",
     );
 }
+
+#[test]
+fn a_no_cache_build_whose_downloads_fill_the_output_directory_says_so() {
+    let tb = Testbed::start();
+    let lock = std::fs::read(tb.lock_path()).unwrap();
+    // --no-cache downloads into a staging directory beside the output.
+    let out = Tmpfs::mount(&tb.out_dir(), 256 * KIB);
+    let res = tb.build("k3s.airgap.tar.zst", &["--no-cache"]);
+    let err = assert_fails_naming(
+        &res,
+        "a --no-cache build into a 256 KiB file system",
+        &[
+            &format!("no space left on {}, needed at least", out.path().display()),
+            "staging directory (--no-cache)",
+        ],
+    );
+    assert!(needed_more(&err) > 0, "{err}");
+    tb.assert_no_output(&lock);
+}

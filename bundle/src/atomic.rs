@@ -2,6 +2,8 @@
 //! own directory, and only when the caller says the content is good, fsync it
 //! and rename it into place. Dropping an uncommitted file removes the
 //! temporary, so a failure or a crash never leaves a half-written final path.
+//! Files for a stick may be made where the file system keeps no modes (FAT):
+//! [`ModeSupport::IfKept`].
 
 use anyhow::Context as _;
 use std::fs::File;
