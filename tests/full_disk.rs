@@ -135,6 +135,47 @@ fn a_full_download_cache_is_named_with_what_to_do() {
 // ------------------------------------------------------------------ install
 
 /// `--no-start` server arguments against the bed's containerd.
+#[test]
+fn a_usb_stick_too_small_is_refused_before_anything_is_written() {
+    let tb = Testbed::start();
+    let bundle = tb.build_ok("k3s.airgap.tar.zst", &[]);
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_airgap"))
+        .unwrap()
+        .len();
+    let bundle_size = std::fs::metadata(&bundle).unwrap().len();
+    // Room for the bundle but not for the binary as well.
+    let stick_dir = tempdir("airgap-small-stick-");
+    let stick = Tmpfs::mount(stick_dir.path(), bundle_size + binary / 2);
+    let res = support::run(
+        support::airgap()
+            .args(["bundle", "export", "--usb"])
+            .arg(stick.path())
+            .arg("--key")
+            .arg(tb.pub_key())
+            .arg(&bundle),
+    );
+    let dir = stick.path().display().to_string();
+    let err = assert_fails_naming(
+        &res,
+        "export onto a stick too small",
+        &[
+            &format!("no space left on {dir}, needed about"),
+            "airgap (",
+            "nothing was written",
+        ],
+    );
+    let more = needed_more(&err);
+    assert!(
+        (binary / 4..binary).contains(&more),
+        "needed {more} bytes more with a {binary}-byte binary: {err}"
+    );
+    assert!(
+        dir_names(stick.path()).is_empty(),
+        "{:?}",
+        dir_names(stick.path())
+    );
+}
+
 fn server_args(bed: &InstallBed, extra: &[&str]) -> Vec<String> {
     let mut a = strings(&["--role", "server", "--init", "none", "--no-start"]);
     a.extend(strings(extra));

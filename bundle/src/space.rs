@@ -107,9 +107,14 @@ pub fn existing_ancestor(path: &Path) -> Option<&Path> {
 }
 
 /// Bytes an unprivileged writer may still use on the file system holding
-/// `path` (or its nearest existing parent); `None` when it cannot be measured.
+/// `path` (or its nearest existing parent); `None` when it cannot be measured,
+/// also when the file system reports no size at all (0 blocks: some FUSE
+/// drivers, fusefat among them, leave statfs empty).
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(existing_ancestor(path)?).ok()?;
+    if st.f_blocks == 0 {
+        return None;
+    }
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 

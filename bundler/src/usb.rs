@@ -12,6 +12,7 @@ use airgap_bundle::digest::{Digest, Hasher, HashingReader};
 use airgap_bundle::read::{read_bundle, DrainSink, Trust};
 use airgap_bundle::sign::{self, PublicKey};
 use airgap_bundle::source::{decompress, open_raw};
+use airgap_bundle::space;
 use airgap_bundle::split::{self, PartsReader, SplitWriter, FAT_MAX_FILE};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
@@ -201,6 +202,82 @@ pub fn write_stick(bundle: &Path, opts: &UsbOptions) -> anyhow::Result<Stick> {
             opts.dir.display()
         );
     }
+    let exe = std::env::current_exe().context("finding the airgap binary")?;
+    let needed = StickSize::of(bundle, &exe)?;
+    if let Some(free) = space::free_bytes(&opts.dir) {
+        if free < needed.total() {
+            return Err(anyhow::Error::new(needed.short_of(
+                &opts.dir,
+                free,
+                "nothing was written",
+            )));
+        }
+    }
+    let mut published = Vec::new();
+    write_stick_files(bundle, &exe, opts, &mut published).map_err(|e| {
+        // What this run published goes again: a stick is complete or
+        // holds nothing of this run.
+        for path in &published {
+            let _ = std::fs::remove_file(path);
+        }
+        space::explain(e, || {
+            let free = space::free_bytes(&opts.dir).unwrap_or(0);
+            needed.short_of(&opts.dir, free, "nothing of this run is left on the stick")
+        })
+    })
+}
+
+/// What a stick needs: the bundle, the binary, and a margin for the key,
+/// README.txt, SHA256SUMS and the parts list.
+struct StickSize {
+    bundle: u64,
+    binary: u64,
+}
+
+impl StickSize {
+    const SMALL_FILES: u64 = 64 << 10;
+
+    fn of(bundle: &Path, exe: &Path) -> anyhow::Result<StickSize> {
+        let size = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .with_context(|| format!("reading the size of {}", p.display()))
+        };
+        let bundle = match split::locate(bundle)? {
+            split::Located::Single(path) => size(&path)?,
+            split::Located::Parts { manifest, .. } => manifest.parts.iter().map(|p| p.size).sum(),
+        };
+        Ok(StickSize {
+            bundle,
+            binary: size(exe)?,
+        })
+    }
+
+    fn total(&self) -> u64 {
+        self.bundle + self.binary + Self::SMALL_FILES
+    }
+
+    fn short_of(&self, dir: &Path, free: u64, outcome: &str) -> space::NoSpace {
+        space::NoSpace {
+            path: dir.to_path_buf(),
+            needed: space::Needed::About(self.total().saturating_sub(free)),
+            detail: format!(
+                "the bundle ({}), airgap ({}) and the key, README.txt and SHA256SUMS need {}, {} is free; {outcome}",
+                space::human(self.bundle),
+                space::human(self.binary),
+                space::human(self.total()),
+                space::human(free)
+            ),
+        }
+    }
+}
+
+fn write_stick_files(
+    bundle: &Path,
+    exe: &Path,
+    opts: &UsbOptions,
+    published: &mut Vec<PathBuf>,
+) -> anyhow::Result<Stick> {
     let fs_type = file_system_type(&opts.dir)?;
     let part_size = part_size(&fs_type, opts.split)?;
     let base_name = file_name(&bundle_base(bundle))?;
@@ -229,6 +306,8 @@ pub fn write_stick(bundle: &Path, opts: &UsbOptions) -> anyhow::Result<Stick> {
                 &dest,
             )?;
             let committed = written.commit()?;
+            published.extend(committed.parts.iter().cloned());
+            published.push(committed.manifest_path.clone());
             for (p, info) in committed.parts.iter().zip(&committed.manifest.parts) {
                 files.push((file_name(p)?, info.sha256));
                 parts.push(file_name(p)?);
@@ -243,14 +322,14 @@ pub fn write_stick(bundle: &Path, opts: &UsbOptions) -> anyhow::Result<Stick> {
             let copied = source.finish();
             let file = std::fs::File::open(out.temp_path())?;
             verify_copy(file, &opts.public_key, &dest)?;
-            out.commit()?;
+            published.push(out.commit()?);
             files.push((base_name.clone(), copied.digest));
         }
     }
 
     // The binary that is running: the one that built and verified this.
-    let exe = std::env::current_exe().context("finding the airgap binary")?;
-    let digest = copy_file(&exe, &opts.dir.join("airgap"), 0o755)?;
+    let digest = copy_file(exe, &opts.dir.join("airgap"), 0o755)?;
+    published.push(opts.dir.join("airgap"));
     files.push(("airgap".into(), digest));
 
     let key_text = opts
@@ -262,12 +341,14 @@ pub fn write_stick(bundle: &Path, opts: &UsbOptions) -> anyhow::Result<Stick> {
         opts.key_name.clone(),
         write_small(&opts.dir.join(&opts.key_name), key_text.as_bytes())?,
     ));
+    published.push(opts.dir.join(&opts.key_name));
     let key_id = sign::public_key_id(&opts.public_key);
     let readme = readme(&base_name, &parts, &opts.key_name, &key_id);
     files.push((
         "README.txt".into(),
         write_small(&opts.dir.join("README.txt"), readme.as_bytes())?,
     ));
+    published.push(opts.dir.join("README.txt"));
     let sums: String = files
         .iter()
         .map(|(name, d)| format!("{}  {name}\n", d.hex()))
