@@ -204,7 +204,13 @@ impl BlobWriter {
                 }
                 Err(status) if tries < RECONNECTS && is_lost_status(&status) => {
                     tries += 1;
-                    let at = self.reopen(status).await?;
+                    let Some(at) = self.reopen(status).await? else {
+                        return Err(self.lost(format!(
+                            "writing blob {}: containerd came back with the blob already \
+                             committed",
+                            self.digest
+                        )));
+                    };
                     if at < self.offset || at > self.offset + len {
                         return Err(self.lost(format!(
                             "writing blob {}: containerd came back holding {at} bytes of it, \
@@ -227,8 +233,9 @@ impl BlobWriter {
     }
 
     /// After the connection broke: waits for containerd and opens the write
-    /// again; returns the offset its ingest holds.
-    async fn reopen(&mut self, status: Status) -> Result<u64> {
+    /// again; returns the offset its ingest holds, or `None` when containerd
+    /// has the blob committed.
+    async fn reopen(&mut self, status: Status) -> Result<Option<u64>> {
         tracing::warn!(
             blob = %self.digest,
             offset = self.offset,
@@ -251,15 +258,13 @@ impl BlobWriter {
         .with_context(|| format!("opening the write of blob {} again", self.digest))
         .map_err(|e| e.context(self.lost_while()))?;
         let Some((tx, rx, at)) = opened else {
-            return Err(self.lost(format!(
-                "writing blob {}: containerd came back with the blob already committed",
-                self.digest
-            )));
+            self.tx = None;
+            return Ok(None);
         };
         self.tx = Some(tx);
         self.rx = rx;
         tracing::info!(blob = %self.digest, at, "write of the blob opened again");
-        Ok(at)
+        Ok(Some(at))
     }
 
     fn lost_while(&self) -> ContainerdLost {
@@ -297,20 +302,17 @@ impl BlobWriter {
                     tries += 1;
                     // Committed before the connection broke, or not: opening
                     // the write again says which.
-                    match self.reopen(status).await {
-                        Ok(at) if at == self.offset => continue,
-                        Ok(at) => {
+                    match self.reopen(status).await? {
+                        Some(at) if at == self.offset => continue,
+                        Some(at) => {
                             return Err(self.lost(format!(
                                 "committing blob {}: containerd came back holding {at} of \
                                  its {} bytes",
                                 self.digest, self.offset
                             )))
                         }
-                        Err(e) if e.to_string().contains("already committed") => {
-                            self.tx = None;
-                            return Ok(Committed::Present);
-                        }
-                        Err(e) => return Err(e),
+                        // Committed just before the connection broke.
+                        None => return Ok(Committed::Present),
                     }
                 }
                 other => break other,
