@@ -35,16 +35,28 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use containerd_client::services::v1::{
     images_client::ImagesClient, introspection_client::IntrospectionClient,
     leases_client::LeasesClient, version_client::VersionClient, CreateImageRequest, CreateRequest,
-    DeleteImageRequest, DeleteRequest, GetImageRequest, Image, ListImagesRequest, PluginsRequest,
-    UpdateImageRequest,
+    DeleteImageRequest, DeleteRequest, GetImageRequest, Image, ListImagesRequest, ListRequest,
+    PluginsRequest, UpdateImageRequest,
 };
 use containerd_client::tonic::metadata::AsciiMetadataValue;
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request, Status};
 use containerd_client::types;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Import leases are `airgap-import-<pid>-<time>`.
+const LEASE_PREFIX: &str = "airgap-import-";
+
+/// The process id in an import lease's id.
+fn lease_pid(id: &str) -> Option<u32> {
+    id.strip_prefix(LEASE_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// The namespace the CRI plugin (and so Kubernetes) reads images from.
 pub const DEFAULT_NAMESPACE: &str = "k8s.io";
@@ -468,11 +480,12 @@ impl Importer {
         if self.lease.is_some() {
             return Ok(());
         }
+        self.remove_stale_leases().await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let id = format!(
-            "airgap-import-{}-{}{:09}",
+            "{LEASE_PREFIX}{}-{}{:09}",
             std::process::id(),
             now.as_secs(),
             now.subsec_nanos()
@@ -491,6 +504,45 @@ impl Importer {
         tracing::debug!(lease = %id, "lease created");
         self.lease = Some(Lease { id, header });
         Ok(())
+    }
+
+    /// Deletes the leases of imports whose process is gone (an install that
+    /// was killed), and has containerd collect what only they held, before
+    /// this import looks at what the content store has: a rerun then ends as
+    /// a clean install does, without waiting for the old lease to expire. A
+    /// lease whose process still exists (or whose id is not airgap's) is left
+    /// alone. Returns the ids deleted.
+    pub async fn remove_stale_leases(&self) -> Result<Vec<String>> {
+        let leases = LeasesClient::new(self.channel())
+            .list(self.request(ListRequest { filters: vec![] }))
+            .await
+            .map_err(grpc)
+            .context("listing containerd's leases")?
+            .into_inner()
+            .leases;
+        let mut removed = Vec::new();
+        for lease in leases {
+            let Some(pid) = lease_pid(&lease.id) else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            LeasesClient::new(self.channel())
+                .delete(self.request(DeleteRequest {
+                    id: lease.id.clone(),
+                    sync: true,
+                }))
+                .await
+                .map_err(grpc)
+                .with_context(|| format!("deleting lease {} of a killed import", lease.id))?;
+            tracing::info!(
+                lease = %lease.id,
+                "deleted the lease of an import whose process ({pid}) is gone"
+            );
+            removed.push(lease.id);
+        }
+        Ok(removed)
     }
 
     /// Whether the blob is in the content store (of this namespace).
@@ -693,6 +745,16 @@ mod tests {
         for bad in ["", "k8s..io", ".k8s", "a/b", "k8s.io-", "ü"] {
             assert!(check_identifier("namespace", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn lease_ids_name_their_process() {
+        assert_eq!(
+            lease_pid("airgap-import-4242-1700000000123456789"),
+            Some(4242)
+        );
+        assert_eq!(lease_pid("airgap-import-x-1"), None);
+        assert_eq!(lease_pid("k3s-lease-4242"), None);
     }
 
     #[test]
