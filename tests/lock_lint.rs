@@ -493,8 +493,6 @@ fn bundle_lock_keeps_a_digest_pinned_image_at_its_digest() {
 /// A build pulls digest-pinned manifest images by their digests, `--locked`
 /// accepts a lock without entries for them, and the lock it leaves parses.
 #[test]
-#[ignore = "needs bundler/src/build.rs to leave references with a digest out of \
-            images.lock (today it writes them, and every later read refuses the lock)"]
 fn a_build_pulls_digest_pinned_images_by_digest() {
     let tb = Testbed::start();
     let (slave, frontend) = pin_by_digest(&tb);

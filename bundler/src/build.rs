@@ -286,6 +286,11 @@ async fn build_stages(
 
     // Assemble: pins, bundle.json, the image layout, the file list.
     for image in &pulled {
+        // An image the manifests name by digest is pinned there: the lock
+        // holds no entry for it (as `bundle lock` and lint see it).
+        if image.reference.digest.is_some() {
+            continue;
+        }
         let entry = lock.entry(&image.reference);
         let before = entry.clone();
         pin(entry, image);
