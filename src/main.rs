@@ -188,24 +188,8 @@ struct BuildArgs {
     /// or <release-url>/<version>/install.sh for any other release URL.
     #[arg(long, value_name = "URL")]
     install_sh_url: Option<String>,
-    /// Pull images of HOST from a mirror: docker.io=https://mirror.example (repeatable).
-    #[arg(long, value_name = "HOST=URL")]
-    registry_mirror: Vec<String>,
-    /// Talk plain HTTP to this registry host (a local registry) (repeatable).
-    #[arg(long, value_name = "HOST")]
-    insecure_registry: Vec<String>,
-    /// Credentials for a registry host (as contacted, e.g. a mirror's): the
-    /// password is the first line of PASSFILE (repeatable). Without it, the
-    /// docker config ($DOCKER_CONFIG/config.json, ~/.docker/config.json) is used.
-    #[arg(long, value_name = "HOST=USER:PASSFILE")]
-    registry_auth: Vec<String>,
-    /// Also trust this CA (PEM) for registries over HTTPS (repeatable).
-    #[arg(long, value_name = "FILE")]
-    registry_ca: Vec<PathBuf>,
-    /// Seconds a registry may send nothing (no answer, or no bytes of a
-    /// download) before the request is given up and retried.
-    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    registry_timeout: u64,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// How the release server lays out a version's files: github
     /// (<URL>/<version>/<asset>) or cn, the mirror many users in China use
     /// (<URL>/k3s/<version with + as ->/<asset>, e.g. https://rancher-mirror.rancher.cn).
@@ -394,6 +378,50 @@ struct VerifyArgs {
     json: bool,
 }
 
+/// How to reach registries, for `bundle build` and `bundle lock` alike.
+#[derive(Args, Debug)]
+struct RegistryArgs {
+    /// Pull images of HOST from a mirror: docker.io=https://mirror.example (repeatable).
+    #[arg(long, value_name = "HOST=URL")]
+    registry_mirror: Vec<String>,
+    /// Talk plain HTTP to this registry host (a local registry) (repeatable).
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+    /// Credentials for a registry host (as contacted, e.g. a mirror's): the
+    /// password is the first line of PASSFILE (repeatable). Without it, the
+    /// docker config ($DOCKER_CONFIG/config.json, ~/.docker/config.json) is used.
+    #[arg(long, value_name = "HOST=USER:PASSFILE")]
+    registry_auth: Vec<String>,
+    /// Also trust this CA (PEM) for registries over HTTPS (repeatable).
+    #[arg(long, value_name = "FILE")]
+    registry_ca: Vec<PathBuf>,
+    /// Seconds a registry may send nothing (no answer, or no bytes of a
+    /// download) before the request is given up and retried.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    registry_timeout: u64,
+}
+
+impl RegistryArgs {
+    /// The registry client's settings, with `jobs` parallel pulls.
+    fn config(&self, jobs: u16) -> anyhow::Result<RegistryConfig> {
+        Ok(RegistryConfig {
+            mirrors: self
+                .registry_mirror
+                .iter()
+                .map(|m| airgap_bundler::registry::parse_mirror(m))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            insecure: self.insecure_registry.clone(),
+            jobs: jobs as usize,
+            credentials: airgap_bundler::auth::Credentials::load(
+                &self.registry_auth,
+                airgap_bundler::auth::docker_config_dir().as_deref(),
+            )?,
+            ca_files: self.registry_ca.clone(),
+            read_timeout: std::time::Duration::from_secs(self.registry_timeout),
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 struct LockArgs {
     /// k3s version whose system images the lock pins.
@@ -415,18 +443,8 @@ struct LockArgs {
     /// with + as ->/<asset>).
     #[arg(long, value_enum, default_value_t = ReleaseLayoutArg::Github)]
     release_layout: ReleaseLayoutArg,
-    /// Pull images of HOST from a mirror: docker.io=https://mirror.example (repeatable).
-    #[arg(long, value_name = "HOST=URL")]
-    registry_mirror: Vec<String>,
-    /// Talk plain HTTP to this registry host (repeatable).
-    #[arg(long, value_name = "HOST")]
-    insecure_registry: Vec<String>,
-    /// Credentials for a registry host, as for `bundle build` (repeatable).
-    #[arg(long, value_name = "HOST=USER:PASSFILE")]
-    registry_auth: Vec<String>,
-    /// Also trust this CA (PEM) for registries over HTTPS (repeatable).
-    #[arg(long, value_name = "FILE")]
-    registry_ca: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Directory of the auto-deploy manifests.
     #[arg(long, value_name = "DIR", default_value = "manifests")]
     manifests: PathBuf,
@@ -656,11 +674,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
     let key_password = key_password(&args.password, &args.sign_key.display().to_string(), false)?;
-    let mirrors = args
-        .registry_mirror
-        .iter()
-        .map(|m| airgap_bundler::registry::parse_mirror(m))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let arches = if args.arch.is_empty() {
         vec![airgap_bundle::oci::host_arch().to_string()]
     } else {
@@ -707,17 +720,7 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
             install_sh_url: args.install_sh_url.clone(),
             layout: args.release_layout.into(),
         },
-        registry: RegistryConfig {
-            mirrors,
-            insecure: args.insecure_registry.clone(),
-            jobs: args.jobs as usize,
-            credentials: airgap_bundler::auth::Credentials::load(
-                &args.registry_auth,
-                airgap_bundler::auth::docker_config_dir().as_deref(),
-            )?,
-            ca_files: args.registry_ca.clone(),
-            read_timeout: std::time::Duration::from_secs(args.registry_timeout),
-        },
+        registry: args.registry.config(args.jobs)?,
         cache: if args.no_cache {
             None
         } else {
@@ -795,18 +798,11 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
 }
 
 fn bundle_lock(args: LockArgs) -> anyhow::Result<()> {
-    let mirrors = args
-        .registry_mirror
-        .iter()
-        .map(|m| airgap_bundler::registry::parse_mirror(m))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let arches = if args.arch.is_empty() {
         vec![airgap_bundle::oci::host_arch().to_string()]
     } else {
         args.arch.clone()
     };
-    // Settings `bundle lock` has no flags for keep their defaults.
-    #[allow(clippy::needless_update)]
     let opts = airgap_bundler::locking::LockOptions {
         version: args.version,
         arches,
@@ -815,17 +811,7 @@ fn bundle_lock(args: LockArgs) -> anyhow::Result<()> {
             install_sh_url: None,
             layout: args.release_layout.into(),
         },
-        registry: RegistryConfig {
-            mirrors,
-            insecure: args.insecure_registry,
-            jobs: args.jobs as usize,
-            credentials: airgap_bundler::auth::Credentials::load(
-                &args.registry_auth,
-                airgap_bundler::auth::docker_config_dir().as_deref(),
-            )?,
-            ca_files: args.registry_ca,
-            ..RegistryConfig::default()
-        },
+        registry: args.registry.config(args.jobs)?,
         manifests_dir: args.manifests,
         lock_path: args.lock,
         check: args.check,
