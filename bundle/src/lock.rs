@@ -101,6 +101,7 @@ impl ImagesLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::MAX_REFERENCE;
 
     #[test]
     fn parses_and_renders() {
@@ -120,5 +121,34 @@ mod tests {
         assert_eq!(again.images.len(), 2);
         assert!(ImagesLock::parse(r#"{"version":1,"images":[{"reference":"a"},{"reference":"docker.io/library/a:latest"}]}"#).is_err());
         assert!(ImagesLock::parse(r#"{"version":2,"images":[]}"#).is_err());
+    }
+
+    /// Found by the images_lock fuzz target: a reference of almost the
+    /// longest length, without registry or tag, parsed, but was written back
+    /// with `docker.io/` and `:latest` added, too long to be read again.
+    #[test]
+    fn a_reference_too_long_in_full_is_refused_when_read() {
+        let name = |len: usize| format!("io/{}", "a".repeat(len - 3));
+        let fits = MAX_REFERENCE - "docker.io/".len() - ":latest".len();
+        for (len, parses) in [(fits, true), (fits + 1, false), (MAX_REFERENCE, false)] {
+            let text = format!(
+                r#"{{"version":1,"images":[{{"reference":"{}"}}]}}"#,
+                name(len)
+            );
+            match ImagesLock::parse(&text) {
+                Ok(lock) => {
+                    assert!(parses, "{len} characters parsed");
+                    ImagesLock::parse(&lock.render())
+                        .expect("what parsed renders to a lock that parses");
+                }
+                Err(e) => {
+                    assert!(!parses, "{len} characters: {e}");
+                    assert!(
+                        e.to_string().contains("too long once written in full"),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 }

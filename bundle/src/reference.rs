@@ -68,7 +68,7 @@ impl FromStr for ImageRef {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let err = |why| InvalidReference(input.to_string(), why);
-        if input.is_empty() || input.len() > 512 || input.trim() != input {
+        if input.is_empty() || input.len() > MAX_REFERENCE || input.trim() != input {
             return Err(err("empty, too long or padded with spaces"));
         }
         let (rest, digest) = match input.split_once('@') {
@@ -129,14 +129,24 @@ impl FromStr for ImageRef {
         } else {
             tag
         };
-        Ok(ImageRef {
+        let parsed = ImageRef {
             registry,
             repository: parts.join("/"),
             tag,
             digest,
-        })
+        };
+        // Written in full (`docker.io/`, `library/`, `:latest` added) it must
+        // still be a reference this parser takes: what is read is written
+        // back to images.lock and bundle.json.
+        if parsed.to_string().len() > MAX_REFERENCE {
+            return Err(err("too long once written in full"));
+        }
+        Ok(parsed)
     }
 }
+
+/// The longest reference accepted, as written or in full.
+pub const MAX_REFERENCE: usize = 512;
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
