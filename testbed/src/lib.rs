@@ -7,6 +7,7 @@
 //! and benchmark sets ([`seed`]). It is test code: it trusts its own servers.
 #![forbid(unsafe_code)]
 
+pub mod conn_server;
 pub mod http;
 pub mod image;
 pub mod proxy;

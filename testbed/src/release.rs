@@ -8,15 +8,15 @@
 //! tests can check resumes, caching and retries. It serves only files under
 //! its root and refuses `..`.
 
+use crate::conn_server::ConnServer;
 use airgap_bundle::digest::Digest;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// A failure to inject for one path.
@@ -33,13 +33,9 @@ pub enum Fault {
 
 #[derive(Default)]
 struct State {
-    stop: AtomicBool,
     bytes_served: AtomicU64,
     requests: Mutex<BTreeMap<String, u64>>,
     faults: Mutex<HashMap<String, Fault>>,
-    /// Open connections, shut down on stop so no thread outlives the server.
-    conns: Mutex<HashMap<u64, TcpStream>>,
-    next_conn: AtomicU64,
 }
 
 /// A running static file server. Stopped on drop.
@@ -47,7 +43,7 @@ pub struct ReleaseServer {
     addr: SocketAddr,
     root: PathBuf,
     state: Arc<State>,
-    accept: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+    server: ConnServer,
 }
 
 impl ReleaseServer {
@@ -58,14 +54,14 @@ impl ReleaseServer {
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         let (st, rt) = (state.clone(), root.clone());
-        let accept = std::thread::Builder::new()
-            .name("release-accept".into())
-            .spawn(move || accept_loop(listener, rt, st))?;
+        let server = ConnServer::start(listener, "release", move |stream| {
+            let _ = serve_connection(stream, &rt, &st);
+        })?;
         Ok(ReleaseServer {
             addr,
             root,
             state,
-            accept: Some(accept),
+            server,
         })
     }
 
@@ -122,20 +118,7 @@ impl ReleaseServer {
     /// Stops accepting, closes open connections and joins every thread.
     /// Idempotent.
     pub fn stop(&mut self) {
-        let Some(accept) = self.accept.take() else {
-            return;
-        };
-        self.state.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for conn in self.state.conns.lock().unwrap().values() {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
-        }
-        if let Ok(handles) = accept.join() {
-            for h in handles {
-                let _ = h.join();
-            }
-        }
+        self.server.stop();
     }
 }
 
@@ -143,33 +126,6 @@ impl Drop for ReleaseServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn accept_loop(listener: TcpListener, root: PathBuf, state: Arc<State>) -> Vec<JoinHandle<()>> {
-    let mut handles: Vec<JoinHandle<()>> = Vec::new();
-    for stream in listener.incoming() {
-        if state.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        handles.retain(|h| !h.is_finished());
-        let id = state.next_conn.fetch_add(1, Ordering::SeqCst);
-        if let Ok(clone) = stream.try_clone() {
-            state.conns.lock().unwrap().insert(id, clone);
-        }
-        let (root, st) = (root.clone(), state.clone());
-        let spawned = std::thread::Builder::new()
-            .name("release-conn".into())
-            .spawn(move || {
-                let _ = serve_connection(&stream, &root, &st);
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-                st.conns.lock().unwrap().remove(&id);
-            });
-        if let Ok(h) = spawned {
-            handles.push(h);
-        }
-    }
-    handles
 }
 
 struct Reply<'a> {

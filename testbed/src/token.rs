@@ -8,18 +8,17 @@
 //! header's `x5c`. Every request is recorded for tests to check. It is test
 //! code: one user, std threads, one request per connection.
 
+use crate::conn_server::ConnServer;
 use anyhow::{anyhow, Context, Result};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The `service` the registry names in its challenge and tokens are for.
@@ -42,17 +41,15 @@ pub struct TokenRequest {
 }
 
 struct State {
-    stop: AtomicBool,
     user: String,
     password: String,
     key: EcdsaKeyPair,
     /// The signing certificate, base64 DER, for `x5c`.
     x5c: String,
     rng: SystemRandom,
+    /// The next token's `jti`.
     next_id: AtomicU64,
     requests: Mutex<Vec<TokenRequest>>,
-    /// Open connections, shut down on stop so no thread outlives the server.
-    conns: Mutex<HashMap<u64, TcpStream>>,
 }
 
 /// A running token server. Stopped, and its files removed, on drop.
@@ -60,7 +57,7 @@ pub struct TokenServer {
     addr: SocketAddr,
     dir: tempfile::TempDir,
     state: Arc<State>,
-    accept: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+    server: ConnServer,
 }
 
 impl TokenServer {
@@ -81,7 +78,6 @@ impl TokenServer {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the token server")?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
-            stop: AtomicBool::new(false),
             user: user.to_string(),
             password: password.to_string(),
             key,
@@ -89,17 +85,16 @@ impl TokenServer {
             rng,
             next_id: AtomicU64::new(1),
             requests: Mutex::new(Vec::new()),
-            conns: Mutex::new(HashMap::new()),
         });
         let st = state.clone();
-        let accept = std::thread::Builder::new()
-            .name("token-accept".into())
-            .spawn(move || accept_loop(listener, st))?;
+        let server = ConnServer::start(listener, "token", move |stream| {
+            let _ = serve(stream, &st);
+        })?;
         Ok(TokenServer {
             addr,
             dir,
             state,
-            accept: Some(accept),
+            server,
         })
     }
 
@@ -131,20 +126,7 @@ impl TokenServer {
     /// Stops accepting, closes open connections and joins every thread.
     /// Idempotent.
     pub fn stop(&mut self) {
-        let Some(accept) = self.accept.take() else {
-            return;
-        };
-        self.state.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for conn in self.state.conns.lock().unwrap().values() {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
-        }
-        if let Ok(handles) = accept.join() {
-            for h in handles {
-                let _ = h.join();
-            }
-        }
+        self.server.stop();
     }
 }
 
@@ -152,33 +134,6 @@ impl Drop for TokenServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn accept_loop(listener: TcpListener, state: Arc<State>) -> Vec<JoinHandle<()>> {
-    let mut handles: Vec<JoinHandle<()>> = Vec::new();
-    for stream in listener.incoming() {
-        if state.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        handles.retain(|h| !h.is_finished());
-        let id = state.next_id.fetch_add(1, Ordering::SeqCst);
-        if let Ok(clone) = stream.try_clone() {
-            state.conns.lock().unwrap().insert(id, clone);
-        }
-        let st = state.clone();
-        let spawned = std::thread::Builder::new()
-            .name("token-conn".into())
-            .spawn(move || {
-                let _ = serve(&stream, &st);
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-                st.conns.lock().unwrap().remove(&id);
-            });
-        if let Ok(h) = spawned {
-            handles.push(h);
-        }
-    }
-    handles
 }
 
 /// Answers one request.
