@@ -8,14 +8,11 @@
 mod support;
 
 use airgap_testbed::containerd::Containerd;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::install::*;
 use support::{assert_ok, run, stderr, stdout};
 
-const RECORD: &str = "var/lib/rancher/k3s/airgap/install.json";
 const JOURNAL: &str = "var/lib/rancher/k3s/airgap/install.journal";
 /// Kill points tried, spread over one install's run time.
 const SCHEDULE: usize = 36;
@@ -54,42 +51,6 @@ fn args_for(cd: &Containerd, port: u16) -> Vec<String> {
     ]));
     a.extend(port_args(port));
     a
-}
-
-/// What an install leaves, in a form two installs can be compared by: the
-/// root's files without mtimes (install.json without the socket), the
-/// images with their labels, and the content digests.
-#[derive(Debug, PartialEq)]
-struct EndState {
-    files: BTreeMap<String, Node>,
-    record: serde_json::Value,
-    images: BTreeMap<String, ListedImage>,
-    content: BTreeSet<String>,
-}
-
-fn end_state(root: &Path, cd: &Containerd) -> EndState {
-    let files = tree(root)
-        .into_iter()
-        .filter(|(k, _)| k != RECORD)
-        .map(|(k, v)| (k, v.timeless()))
-        .collect();
-    let mut record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join(RECORD)).unwrap()).unwrap();
-    record.as_object_mut().unwrap().remove("containerd_socket");
-    EndState {
-        files,
-        record,
-        images: images(cd),
-        content: content(cd).into_keys().collect(),
-    }
-}
-
-#[track_caller]
-fn assert_same_state(clean: &EndState, got: &EndState, what: &str) {
-    assert_same_tree(&clean.files, &got.files, what);
-    assert_eq!(clean.record, got.record, "{what}: install.json");
-    assert_eq!(clean.images, got.images, "{what}: images");
-    assert_eq!(clean.content, got.content, "{what}: content");
 }
 
 #[test]
@@ -166,7 +127,7 @@ fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
             content(&cd).len(),
             images(&cd).len(),
             partial.len(),
-            root.path().join(RECORD).exists(),
+            root.path().join(INSTALL_RECORD).exists(),
         );
         delays.push(delay.clone());
 
