@@ -2,10 +2,12 @@
 //! servers (the release server, the token server): it accepts on a listener
 //! and runs the server's handler on a thread of its own for each connection;
 //! stopping wakes the accept, shuts every open connection down and joins
-//! every thread, so nothing outlives the server.
+//! every thread, so nothing outlives the server. [`read_head`] reads the
+//! request line and headers those servers need.
 
 use anyhow::Result;
 use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,4 +113,54 @@ where
         }
     }
     handles
+}
+
+/// A request's first line and headers.
+#[derive(Debug, Default)]
+pub struct RequestHead {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    /// (name, value), as sent, values trimmed.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a request's head (at most 16 KiB, waiting at most 10 s for it);
+/// the body, if any, is left unread.
+pub fn read_head(stream: &TcpStream) -> io::Result<RequestHead> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream).take(16 << 10);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut parts = request_line.split_whitespace();
+    let mut head = RequestHead {
+        method: parts.next().unwrap_or("").to_string(),
+        target: parts.next().unwrap_or("").to_string(),
+        headers: Vec::new(),
+    };
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            head.headers
+                .push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok(head)
 }

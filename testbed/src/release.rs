@@ -8,11 +8,11 @@
 //! tests can check resumes, caching and retries. It serves only files under
 //! its root and refuses `..`.
 
-use crate::conn_server::ConnServer;
+use crate::conn_server::{read_head, ConnServer};
 use airgap_bundle::digest::Digest;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,32 +162,14 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn serve_connection(stream: &TcpStream, root: &Path, state: &State) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(stream).take(16 << 10);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut range = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                range = Some(v.trim().to_string());
-            }
-        }
-    }
+    let head = read_head(stream)?;
+    let range = head.header("range").map(str::to_string);
     let mut reply = Reply { stream };
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+    let (method, target) = (head.method.as_str(), head.target.as_str());
+    if method.is_empty() || target.is_empty() {
         return reply.status_only(400);
-    };
+    }
     let Some(path) = decode_path(target) else {
         return reply.status_only(400);
     };

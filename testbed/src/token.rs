@@ -8,13 +8,13 @@
 //! header's `x5c`. Every request is recorded for tests to check. It is test
 //! code: one user, std threads, one request per connection.
 
-use crate::conn_server::ConnServer;
+use crate::conn_server::{read_head, ConnServer};
 use anyhow::{anyhow, Context, Result};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,29 +138,10 @@ impl Drop for TokenServer {
 
 /// Answers one request.
 fn serve(stream: &TcpStream, state: &State) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream).take(16 << 10);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut authorization = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("authorization") {
-                authorization = Some(v.trim().to_string());
-            }
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let head = read_head(stream)?;
+    let (method, target) = (head.method.as_str(), head.target.as_str());
+    let authorization = head.header("authorization").map(str::to_string);
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut request = TokenRequest {
         user: None,
