@@ -18,7 +18,7 @@ use airgap_testbed::containerd::Containerd;
 use airgap_testbed::image::random_layer;
 use airgap_testbed::{seed, ImageSpec, Kind};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::install::*;
 use support::{assert_ok, run};
@@ -139,15 +139,7 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
         let mut cd = Containerd::start().expect("a containerd for this case");
         let root = tempdir("airgap-root-restart-");
         let args = args_for(&cd, bed.port);
-        let log = root.path().with_extension("log");
-        let mut child = KillOnDrop(
-            bed.install_cmd(&bed.bundle, root.path(), &args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let (mut child, log) = bed.spawn_install(root.path(), &args);
         let pid = child.0.id();
 
         // Part of the big layer is in containerd's ingest dir (or, for

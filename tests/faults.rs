@@ -87,15 +87,7 @@ fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
         let cd = Containerd::start().expect("a containerd for this kill point");
         let root = tempdir("airgap-root-killed-");
         let args = args_for(&cd, bed.port);
-        let log = root.path().with_extension("log");
-        let mut child = KillOnDrop(
-            bed.install_cmd(&bed.bundle, root.path(), &args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let (mut child, log) = bed.spawn_install(root.path(), &args);
         match trigger {
             Trigger::After(d) => std::thread::sleep(d),
             Trigger::WhenExists(rel) => {

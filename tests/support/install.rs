@@ -437,6 +437,21 @@ impl InstallBed {
         cmd
     }
 
+    /// Starts `install_cmd` in the background (a run a test means to
+    /// disturb), its stderr going to `ROOT.log` beside the root; returns the
+    /// child and the log's path.
+    pub fn spawn_install(&self, root: &Path, args: &[String]) -> (KillOnDrop, PathBuf) {
+        let log = root.with_extension("log");
+        let child = self
+            .install_cmd(&self.bundle, root, args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (KillOnDrop(child), log)
+    }
+
     /// Installs this bed's bundle under its root with `args`.
     pub fn install(&self, args: &[String]) -> Output {
         run(&mut self.install_cmd(&self.bundle, self.root(), args))
