@@ -149,15 +149,22 @@ fn record_path(cache_dir: &Path, output: &Path) -> PathBuf {
     ))
 }
 
-/// The files a build of `output` writes.
+/// The files a build of `output` writes, as absolute paths (a later build
+/// may run from another directory).
 fn written_files(output: &Path, summary: &BuildSummary) -> Vec<PathBuf> {
-    if summary.parts.is_empty() {
+    let mut files = if summary.parts.is_empty() {
         vec![output.to_path_buf()]
     } else {
         let mut files = summary.parts.clone();
         files.push(split::manifest_path(output));
         files
+    };
+    for file in &mut files {
+        if let Ok(absolute) = std::path::absolute(&*file) {
+            *file = absolute;
+        }
     }
+    files
 }
 
 /// The summary of the build that wrote `output` from the same inputs, when
