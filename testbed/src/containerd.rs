@@ -159,7 +159,7 @@ impl Containerd {
         let deadline = Instant::now() + Duration::from_secs(10);
         while watchdog.try_wait()?.is_none() {
             if Instant::now() > deadline {
-                crate::registry::wait_or_kill(&mut watchdog, Duration::from_secs(1));
+                crate::watchdog::wait_or_kill(&mut watchdog, Duration::from_secs(1));
                 bail!("containerd's watchdog did not exit after containerd was killed");
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -277,17 +277,12 @@ impl Containerd {
 
     /// The last `lines` lines of containerd's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::watchdog::log_tail(&self.log_path(), lines)
     }
 
     /// Whether containerd is still running.
     pub fn is_running(&mut self) -> bool {
-        match self.watchdog.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        crate::watchdog::running(self.watchdog.as_mut())
     }
 
     /// Runs `ctr --address SOCK ARGS...` and returns what it did, killing it
@@ -346,7 +341,7 @@ impl Containerd {
             let _ = stdin.flush();
         }
         if let Some(mut child) = self.watchdog.take() {
-            crate::registry::wait_or_kill(&mut child, Duration::from_secs(20));
+            crate::watchdog::wait_or_kill(&mut child, Duration::from_secs(20));
         }
         unmount_under(&self.path);
     }

@@ -4,7 +4,10 @@
 //! real registry ([`registry`]) and a token server for it ([`token`]), a k3s
 //! release download site ([`release`]),
 //! images built in code ([`image`]), pushed byte-exact ([`push`]) as the demo
-//! and benchmark sets ([`seed`]). It is test code: it trusts its own servers.
+//! and benchmark sets ([`seed`]); private containerds ([`containerd`]), test
+//! hosts in network namespaces ([`hosts`]), the k3s stand-in TEST DOUBLE
+//! ([`standin`]) and the fault proxy ([`proxy`]). It is test code: it trusts
+//! its own servers.
 #![forbid(unsafe_code)]
 
 pub mod conn_server;
@@ -17,6 +20,7 @@ pub mod release;
 pub mod seed;
 pub mod serve;
 pub mod token;
+mod watchdog;
 
 pub use image::{busybox_layer, Image, ImageIndex, ImageSpec, Kind, Layer, LayerBuilder};
 pub use push::RegistryClient;

@@ -374,17 +374,12 @@ impl Registry {
 
     /// The last `lines` lines of the registry's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::watchdog::log_tail(&self.log_path(), lines)
     }
 
     /// Whether the registry process is still running.
     pub fn is_running(&mut self) -> bool {
-        match self.watchdog.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        crate::watchdog::running(self.watchdog.as_mut())
     }
 
     /// Kills the registry and waits for it (tests use this to simulate a dead
@@ -395,7 +390,7 @@ impl Registry {
             let _ = stdin.flush();
         }
         if let Some(mut child) = self.watchdog.take() {
-            wait_or_kill(&mut child, Duration::from_secs(5));
+            crate::watchdog::wait_or_kill(&mut child, Duration::from_secs(5));
         }
     }
 
@@ -500,23 +495,6 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
-}
-
-/// Waits up to `timeout` for a watchdog to finish its cleanup and exit, then
-/// kills it: a test's teardown must not hang on a stuck one.
-pub(crate) fn wait_or_kill(child: &mut std::process::Child, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
 }
 
 #[cfg(test)]
