@@ -53,17 +53,6 @@ fn add_big_image(tb: &support::Testbed) -> Digest {
     digest
 }
 
-/// `--no-start` server arguments against `cd`.
-fn args_for(cd: &Containerd, port: u16) -> Vec<String> {
-    let mut a = strings(&["--role", "server", "--init", "none", "--no-start"]);
-    a.extend(strings(&[
-        "--containerd-socket",
-        cd.socket().to_str().unwrap(),
-    ]));
-    a.extend(port_args(port));
-    a
-}
-
 /// containerd's ingest dir: one subdir per open write.
 fn ingest_dir(cd: &Containerd) -> PathBuf {
     cd.root().join("io.containerd.content.v1.content/ingest")
@@ -124,7 +113,7 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
     let mut big = None;
     let bed = InstallBed::start_with(|tb| big = Some(add_big_image(tb)));
     let big = big.unwrap();
-    let out = bed.install(&args_for(&bed.cd, bed.port));
+    let out = bed.install(&no_start_server_args(&bed.cd, bed.port));
     assert_ok(&out, "a clean install");
     let clean = end_state(bed.root(), &bed.cd);
     assert!(!clean.images.is_empty(), "{clean:?}");
@@ -138,7 +127,7 @@ fn an_import_survives_or_reports_a_containerd_restart_and_a_rerun_completes() {
     ] {
         let mut cd = Containerd::start().expect("a containerd for this case");
         let root = tempdir("airgap-root-restart-");
-        let args = args_for(&cd, bed.port);
+        let args = no_start_server_args(&cd, bed.port);
         let (mut child, log) = bed.spawn_install(root.path(), &args);
         let pid = child.0.id();
 

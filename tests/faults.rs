@@ -42,22 +42,11 @@ impl std::fmt::Display for Trigger {
     }
 }
 
-/// `--no-start` server arguments against `cd`.
-fn args_for(cd: &Containerd, port: u16) -> Vec<String> {
-    let mut a = strings(&["--role", "server", "--init", "none", "--no-start"]);
-    a.extend(strings(&[
-        "--containerd-socket",
-        cd.socket().to_str().unwrap(),
-    ]));
-    a.extend(port_args(port));
-    a
-}
-
 #[test]
 fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
     let bed = InstallBed::start();
     // A clean install, timed: the kill points are spread over its run.
-    let clean_args = args_for(&bed.cd, bed.port);
+    let clean_args = no_start_server_args(&bed.cd, bed.port);
     let started = Instant::now();
     let out = bed.install(&clean_args);
     let run_time = started.elapsed();
@@ -86,7 +75,7 @@ fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
         let delay = trigger.to_string();
         let cd = Containerd::start().expect("a containerd for this kill point");
         let root = tempdir("airgap-root-killed-");
-        let args = args_for(&cd, bed.port);
+        let args = no_start_server_args(&cd, bed.port);
         let (mut child, log) = bed.spawn_install(root.path(), &args);
         match trigger {
             Trigger::After(d) => std::thread::sleep(d),
@@ -158,7 +147,7 @@ fn an_install_killed_anywhere_completes_when_run_again_as_a_clean_one() {
 #[test]
 fn two_installs_on_one_root_run_one_after_the_other() {
     let bed = InstallBed::start();
-    let args = args_for(&bed.cd, bed.port);
+    let args = no_start_server_args(&bed.cd, bed.port);
     let first_log = bed.scratch.path().join("first.log");
     let mut first = KillOnDrop(
         bed.install_cmd(&bed.bundle, bed.root(), &args)

@@ -302,6 +302,17 @@ pub fn port_args(port: u16) -> Vec<String> {
     ]
 }
 
+/// `--no-start` server arguments against `cd` (runs a test disturbs).
+pub fn no_start_server_args(cd: &Containerd, port: u16) -> Vec<String> {
+    let mut a = strings(&["--role", "server", "--init", "none", "--no-start"]);
+    a.extend(strings(&[
+        "--containerd-socket",
+        cd.socket().to_str().unwrap(),
+    ]));
+    a.extend(port_args(port));
+    a
+}
+
 /// A signed bundle whose k3s is the stand-in, copied out of the testbed that
 /// built it (whose registry and release server are gone by then), with the
 /// key that signed it and another key pair.
