@@ -229,14 +229,8 @@ impl Containerd {
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(child) = self.watchdog.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "containerd exited ({status}) before answering; log tail:\n{}",
-                        self.log_tail(30)
-                    );
-                }
-            }
+            let log = self.log_path();
+            crate::watchdog::still_starting(self.watchdog.as_mut(), "containerd", &log)?;
             if self.socket().exists() {
                 if let Ok(out) = self.ctr_with_timeout(&["version"], Duration::from_secs(5)) {
                     if out.status.success() {

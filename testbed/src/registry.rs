@@ -301,14 +301,8 @@ impl Registry {
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(child) = self.watchdog.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "registry exited ({status}) before answering; log tail:\n{}",
-                        self.log_tail(30)
-                    );
-                }
-            }
+            let log = self.log_path();
+            crate::watchdog::still_starting(self.watchdog.as_mut(), "registry", &log)?;
             let status = match &self.ca {
                 Some(ca) => tls_status(&self.addr, ca, "/v2/").ok(),
                 None => self.client().get("/v2/").ok().map(|r| r.status),

@@ -28,6 +28,24 @@ pub(crate) fn running(watchdog: Option<&mut Child>) -> bool {
     watchdog.is_some_and(|child| matches!(child.try_wait(), Ok(None)))
 }
 
+/// Fails, with the tail of its log, when the watchdog of daemon `what` has
+/// exited while the rig waits for the daemon to answer.
+pub(crate) fn still_starting(
+    watchdog: Option<&mut Child>,
+    what: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
+    if let Some(child) = watchdog {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "{what} exited ({status}) before answering; log tail:\n{}",
+                log_tail(log, 30)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The last `lines` lines of a daemon's log file (empty when unreadable).
 pub(crate) fn log_tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
