@@ -14,18 +14,8 @@ use std::process::{Command, Output};
 /// `airgap bundle lock` against the testbed's registry and release, for
 /// `arches` (comma-separated); `extra` adds flags (`--check`, `--json`).
 pub fn lock_command(tb: &Testbed, arches: &str, extra: &[&str]) -> Command {
-    let mut cmd = airgap();
-    cmd.current_dir(tb.work())
-        .args(["bundle", "lock", "--version", VERSION, "--arch", arches])
-        .arg("--registry-mirror")
-        .arg(format!("docker.io={}", tb.registry.url()))
-        .arg("--release-url")
-        .arg(tb.release.url())
-        .arg("--manifests")
-        .arg(tb.manifests_dir())
-        .arg("--lock")
-        .arg(tb.lock_path())
-        .args(extra);
+    let mut cmd = tb.rig_command(&["bundle", "lock", "--version", VERSION, "--arch", arches]);
+    cmd.args(extra);
     cmd
 }
 
@@ -46,24 +36,7 @@ pub fn lint(tb: &Testbed, extra: &[&str]) -> Output {
 
 /// `airgap bundle build` for `arches` (comma-separated) into `out/<name>`.
 pub fn build_for(tb: &Testbed, arches: &str, name: &str, extra: &[&str]) -> Output {
-    let mut cmd = airgap();
-    cmd.current_dir(tb.work())
-        .args(["bundle", "build", "--version", VERSION, "--arch", arches])
-        .arg("--sign-key")
-        .arg(tb.key())
-        .arg("--registry-mirror")
-        .arg(format!("docker.io={}", tb.registry.url()))
-        .arg("--release-url")
-        .arg(tb.release.url())
-        .arg("--manifests")
-        .arg(tb.manifests_dir())
-        .arg("--lock")
-        .arg(tb.lock_path())
-        .arg("-o")
-        .arg(tb.out_dir().join(name))
-        .arg("--quiet")
-        .args(extra);
-    run(&mut cmd)
+    run(&mut tb.build_command_for(arches, name, &tb.key(), extra))
 }
 
 /// The lock file as JSON.

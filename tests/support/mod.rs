@@ -215,13 +215,36 @@ impl Testbed {
 
     /// [`Testbed::build_command`] signing with `key` instead of `site.key`.
     pub fn build_command_signed(&self, name: &str, key: &Path, extra: &[&str]) -> Command {
+        self.build_command_for("amd64", name, key, extra)
+    }
+
+    /// [`Testbed::build_command_signed`] for `arches` (comma-separated).
+    pub fn build_command_for(
+        &self,
+        arches: &str,
+        name: &str,
+        key: &Path,
+        extra: &[&str],
+    ) -> Command {
+        let mut cmd =
+            self.rig_command(&["bundle", "build", "--version", VERSION, "--arch", arches]);
+        cmd.arg("--sign-key")
+            .arg(key)
+            .arg("-o")
+            .arg(self.out_dir().join(name))
+            .arg("--quiet")
+            .args(extra);
+        cmd
+    }
+
+    /// `airgap SUBCOMMAND…` run in the work dir with this testbed's own
+    /// download cache (never the user's), pointed at its registry, release
+    /// server, manifests and lock.
+    pub fn rig_command(&self, subcommand: &[&str]) -> Command {
         let mut cmd = airgap();
-        // Each testbed has its own download cache, never the user's.
         cmd.current_dir(self.work())
             .env("XDG_CACHE_HOME", self.work().join("cache"))
-            .args(["bundle", "build", "--version", VERSION, "--arch", "amd64"])
-            .arg("--sign-key")
-            .arg(key)
+            .args(subcommand)
             .arg("--registry-mirror")
             .arg(format!("docker.io={}", self.registry.url()))
             .arg("--release-url")
@@ -229,11 +252,7 @@ impl Testbed {
             .arg("--manifests")
             .arg(self.manifests_dir())
             .arg("--lock")
-            .arg(self.lock_path())
-            .arg("-o")
-            .arg(self.out_dir().join(name))
-            .arg("--quiet")
-            .args(extra);
+            .arg(self.lock_path());
         cmd
     }
 
