@@ -813,16 +813,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 #[test]
 fn embedded_runtime_writes_an_archive_ctr_imports_with_every_image() {
     let bed = InstallBed::start();
-    let mut args = strings(&[
-        "--role",
-        "server",
-        "--runtime",
-        "embedded",
-        "--init",
-        "none",
-        "--no-start",
-    ]);
-    args.extend(port_args(bed.port));
+    let args = no_start_embedded_args(bed.port);
     let out = bed.install(&args);
     assert_ok(&out, "airgap install --runtime embedded --no-start");
     assert_not_started(bed.root(), bed.port);

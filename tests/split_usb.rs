@@ -10,7 +10,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::install::{port_args, strings, tempdir};
+use support::install::{no_start_embedded_args, strings, tempdir};
 use support::split::{concatenated, copy_split, file_name, flip_middle_byte, list, parts, swap};
 use support::{airgap, assert_fails_naming, assert_ok, dir_names, run, run_ok, stdout, Testbed};
 
@@ -102,16 +102,7 @@ fn split_bundle_is_read_as_one_by_verify_inspect_and_install() {
     assert!(plan.contains("/usr/local/bin/k3s"), "{plan}");
     assert!(plan.contains("docker.io/rancher/pause"), "{plan}");
     // And a real install (embedded runtime, not started) reads every part.
-    let mut args = strings(&[
-        "--role",
-        "server",
-        "--runtime",
-        "embedded",
-        "--init",
-        "none",
-        "--no-start",
-    ]);
-    args.extend(port_args(airgap_testbed::registry::free_port().unwrap()));
+    let args = no_start_embedded_args(airgap_testbed::registry::free_port().unwrap());
     let out = install(&args);
     assert_ok(
         &out,

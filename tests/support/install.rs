@@ -302,6 +302,22 @@ pub fn port_args(port: u16) -> Vec<String> {
     ]
 }
 
+/// `--no-start` server arguments with the embedded runtime (no containerd
+/// needed), on `port`.
+pub fn no_start_embedded_args(port: u16) -> Vec<String> {
+    let mut a = strings(&[
+        "--role",
+        "server",
+        "--runtime",
+        "embedded",
+        "--init",
+        "none",
+        "--no-start",
+    ]);
+    a.extend(port_args(port));
+    a
+}
+
 /// `--no-start` server arguments against `cd` (runs a test disturbs).
 pub fn no_start_server_args(cd: &Containerd, port: u16) -> Vec<String> {
     let mut a = strings(&["--role", "server", "--init", "none", "--no-start"]);
