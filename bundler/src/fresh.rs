@@ -74,14 +74,7 @@ pub fn release_inputs(
 ) -> Option<Vec<(String, Digest)>> {
     let mut urls: Vec<String> = arches
         .iter()
-        .map(|arch| {
-            let arch = if arch == "armhf" {
-                "arm"
-            } else {
-                arch.as_str()
-            };
-            source.asset_url(version, &format!("sha256sum-{arch}.txt"))
-        })
+        .map(|arch| source.asset_url(version, &crate::release::checksums_name(arch)))
         .collect();
     let install_sh = source.install_sh_url(version);
     let mut out = Vec::new();

@@ -252,8 +252,7 @@ pub async fn fetch_k3s_images(
     version: &str,
     arch: &str,
 ) -> Result<Vec<ImageRef>> {
-    let arch = if arch == "armhf" { "arm" } else { arch };
-    let sums_name = format!("sha256sum-{arch}.txt");
+    let sums_name = release::checksums_name(arch);
     let sums_url = src.asset_url(version, &sums_name);
     let sums = release::parse_sha256sums(&get_text(client, &sums_url).await?)
         .with_context(|| format!("reading {sums_name} from {sums_url}"))?;

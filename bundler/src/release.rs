@@ -89,6 +89,13 @@ pub fn resolve_version(input: &str) -> Result<String> {
     Ok(format!("v{core}+{build}"))
 }
 
+/// The release's checksum listing for an architecture, `sha256sum-<arch>.txt`
+/// (`armhf` is spelt `arm` there).
+pub fn checksums_name(arch: &str) -> String {
+    let arch = if arch == "armhf" { "arm" } else { arch };
+    format!("sha256sum-{arch}.txt")
+}
+
 /// The release asset of the k3s binary for an architecture.
 pub fn k3s_asset_name(arch: &str) -> Result<&'static str> {
     match arch {
@@ -256,7 +263,7 @@ pub async fn fetch_release(
         fetch_cached(client, store, target, progress)
     };
 
-    let sums_name = format!("sha256sum-{arch}.txt");
+    let sums_name = checksums_name(arch);
     let checksums = fetch(
         &sums_name,
         src.asset_url(&version, &sums_name),
