@@ -131,6 +131,19 @@ impl AtomicFile {
     }
 }
 
+/// Writes a secret (a token, a secret key): the temporary file is created
+/// 0600 and stays so, and it replaces whatever is at `path` by rename, so an
+/// existing file's wider mode is not kept and a link there is not followed.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = AtomicFile::create_with_mode(path, 0o600, ModeSupport::Required)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.commit()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.temp.write(buf)

@@ -11,6 +11,7 @@
 pub mod atomic;
 pub mod digest;
 pub mod inspect;
+pub mod keyfile;
 pub mod lock;
 pub mod meta;
 pub mod oci;

@@ -61,10 +61,6 @@ fn lease_pid(id: &str) -> Option<u32> {
 /// The namespace the CRI plugin (and so Kubernetes) reads images from.
 pub const DEFAULT_NAMESPACE: &str = "k8s.io";
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
-/// containerd's own socket (a packaged containerd).
-pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
-/// k3s's embedded containerd.
-pub const K3S_CONTAINERD_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
 
 /// Marks an image as one the CRI plugin manages (lists, garbage-collects).
 pub const LABEL_CRI_IMAGE: &str = "io.cri-containerd.image";

@@ -79,17 +79,19 @@ pub struct ServerCheck {
 
 /// Fetches the server's CA and checks it against the token; the fetch
 /// trusts no certificate yet (the token's hash is what makes the CA trusted).
-pub fn check_server(url: &str, token: &Token, timeout: Duration) -> anyhow::Result<ServerCheck> {
+pub fn check_server(
+    url: &str,
+    token: &Token,
+    timeout: Duration,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<ServerCheck> {
     let base = url.trim_end_matches('/');
     if !base.starts_with("https://") {
         bail!("--server {url}: expected https://<server>:6443");
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let cacerts_url = format!("{base}/cacerts");
-    let body = rt.block_on(async {
+    let body = handle.block_on(async {
         let client = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
             .timeout(timeout)
@@ -148,6 +150,92 @@ pub fn server_token(root: &HostRoot) -> anyhow::Result<String> {
     let token = text.trim().to_string();
     parse_token(&token).with_context(|| format!("in {}", path.display()))?;
     Ok(token)
+}
+
+/// The command that joins an agent to a server, as printed to operators
+/// (by `airgap install` on a server and by `airgap token`).
+pub fn agent_command(bundle: &str, server_url: &str, token_arg: &str) -> String {
+    format!(
+        "airgap install --offline {bundle} --key <site.pub> --role agent --server {server_url} {token_arg}"
+    )
+}
+
+/// Where `airgap token` put the server's join token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenExport {
+    /// The token file (mode 0600); `None` when the token was only printed.
+    pub token_file: Option<std::path::PathBuf>,
+    /// The cluster's critical flags, beside the token file (HA servers).
+    pub cluster_file: Option<std::path::PathBuf>,
+    /// The command to run on each agent.
+    pub agent_command: String,
+}
+
+impl std::fmt::Display for TokenExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(out) = &self.token_file {
+            writeln!(
+                f,
+                "wrote the join token to {} (mode 0600); carry it to the agents",
+                out.display()
+            )?;
+        }
+        if let Some(path) = &self.cluster_file {
+            writeln!(
+                f,
+                "wrote the cluster's critical flags to {} (joining servers check theirs against it)",
+                path.display()
+            )?;
+        }
+        write!(f, "on each agent:\n  {}", self.agent_command)
+    }
+}
+
+/// Writes the server's join token to `out` (0600, replacing what is there,
+/// never through a link) and, for a server that records its cluster flags,
+/// the cluster file beside it.
+pub fn export_token(
+    root: &HostRoot,
+    token: &str,
+    out: &std::path::Path,
+    server_url: &str,
+) -> anyhow::Result<TokenExport> {
+    airgap_bundle::atomic::write_private(out, format!("{token}\n").as_bytes())?;
+    let record = crate::record::InstallRecord::load(root)?;
+    let cluster_file = match record.and_then(|r| r.cluster) {
+        Some(cluster) => {
+            let path = crate::cluster::cluster_file_for(out);
+            let text = serde_json::to_string_pretty(&cluster)?;
+            let mut f = airgap_bundle::atomic::AtomicFile::create(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.commit()?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(TokenExport {
+        token_file: Some(out.to_path_buf()),
+        cluster_file,
+        agent_command: agent_command(
+            "<bundle>",
+            server_url,
+            &format!("--token-file {}", out.display()),
+        ),
+    })
+}
+
+/// The agent command for a token that was printed, not written.
+pub fn printed_token(server_url: &str) -> TokenExport {
+    TokenExport {
+        token_file: None,
+        cluster_file: None,
+        agent_command: agent_command(
+            "<bundle>",
+            server_url,
+            "--token-file <file holding the token above>",
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ pub const INSTALL_RECORD: &str = "/var/lib/rancher/k3s/airgap/install.json";
 pub const INSTALL_JOURNAL: &str = "/var/lib/rancher/k3s/airgap/install.journal";
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-k3s-airgap.conf";
 pub const MODULES_FILE: &str = "/etc/modules-load.d/k3s-airgap.conf";
+/// k3s's embedded containerd's socket.
 pub const EMBEDDED_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
+/// A packaged containerd's own socket (`--runtime external`).
 pub const EXTERNAL_SOCKET: &str = "/run/containerd/containerd.sock";
 
 /// Server or agent.
@@ -63,9 +65,11 @@ pub struct K3sConfig {
     pub write_kubeconfig_mode: Option<String>,
 }
 
+/// A YAML scalar holding exactly `s`: a JSON string is a valid YAML
+/// double-quoted scalar, with newlines and quotes escaped, so no value can
+/// break the file or add keys to it.
 fn yaml_quote(s: &str) -> String {
-    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("\"{escaped}\"")
+    serde_json::to_string(s).expect("a string always serializes")
 }
 
 /// `/etc/rancher/k3s/config.yaml`.
@@ -135,11 +139,24 @@ mod tests {
         let y = config_yaml(&K3sConfig {
             node_name: Some("edge-\"1\"".into()),
             cluster_init: true,
-            container_runtime_endpoint: Some("/run/containerd/containerd.sock".into()),
+            container_runtime_endpoint: Some(EXTERNAL_SOCKET.into()),
             write_kubeconfig_mode: None,
         });
         assert!(y.contains("node-name: \"edge-\\\"1\\\"\"\n"));
         assert!(y.contains("cluster-init: true\n"));
         assert!(y.contains("container-runtime-endpoint: \"/run/containerd/containerd.sock\""));
+    }
+
+    #[test]
+    fn config_yaml_values_cannot_add_keys() {
+        let y = config_yaml(&K3sConfig {
+            node_name: Some("edge\ncluster-init: true".into()),
+            ..Default::default()
+        });
+        assert!(
+            y.contains("node-name: \"edge\\ncluster-init: true\"\n"),
+            "{y}"
+        );
+        assert!(!y.contains("\ncluster-init: true\n"), "{y}");
     }
 }

@@ -7,12 +7,13 @@ pub mod record;
 pub mod root;
 pub mod run;
 pub mod service;
+pub mod source;
 
 pub mod cluster;
 pub mod import;
 pub mod install;
+pub mod install_lock;
 pub mod join;
-pub mod lock;
 pub mod stage;
 pub mod status;
 pub mod uninstall;

@@ -32,48 +32,52 @@ pub struct Placed {
     pub written: bool,
 }
 
-/// Stages bundle entries named in `placements`.
-pub struct FileStager<'c> {
+/// Stages bundle entries named in `placements`. It owns the run's undo log
+/// (the directories it creates); dropped unpublished, it removes its temp
+/// files first and then the directories made for them.
+pub struct FileStager {
     placements: BTreeMap<String, Placement>,
-    changes: &'c mut Changes,
     digests: BTreeMap<String, Digest>,
     current: Option<(String, AtomicFile)>,
     staged: Vec<(AtomicFile, Placed)>,
     unchanged: Vec<Placed>,
+    // Last: fields drop in order, and a directory is removed only once empty.
+    changes: Changes,
 }
 
-impl<'c> FileStager<'c> {
-    pub fn new(placements: BTreeMap<String, Placement>, changes: &'c mut Changes) -> Self {
+impl FileStager {
+    pub fn new(placements: BTreeMap<String, Placement>, changes: Changes) -> Self {
         Self {
             placements,
-            changes,
             digests: BTreeMap::new(),
             current: None,
             staged: Vec::new(),
             unchanged: Vec::new(),
+            changes,
         }
     }
 
     /// The run's undo log, to stage more under it while this stager holds it.
     pub fn changes(&mut self) -> &mut Changes {
-        self.changes
+        &mut self.changes
     }
 
-    /// Renames every staged file into place. Call only after the whole bundle
-    /// verified (and the images were imported).
-    pub fn publish(self) -> anyhow::Result<Vec<Placed>> {
-        let mut placed = self.unchanged;
-        for (file, p) in self.staged {
+    /// Renames every staged file into place and hands back the undo log.
+    /// Call only after the whole bundle verified (and the images were
+    /// imported).
+    pub fn publish(mut self) -> anyhow::Result<(Vec<Placed>, Changes)> {
+        let mut placed = std::mem::take(&mut self.unchanged);
+        for (file, p) in std::mem::take(&mut self.staged) {
             file.commit()
                 .with_context(|| format!("installing {}", p.placement.host_path))?;
             placed.push(p);
         }
         placed.sort_by(|a, b| a.placement.host_path.cmp(&b.placement.host_path));
-        Ok(placed)
+        Ok((placed, self.changes))
     }
 }
 
-impl EntrySink for FileStager<'_> {
+impl EntrySink for FileStager {
     fn begin(&mut self, header: &Header) -> anyhow::Result<()> {
         for path in self.placements.keys() {
             match header.sums.get(path) {

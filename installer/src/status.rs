@@ -90,7 +90,8 @@ fn host_address() -> Option<String> {
     Some(cidr.split('/').next()?.to_string())
 }
 
-pub fn status(root: &Path) -> anyhow::Result<Status> {
+/// The install under `root`; containerd is asked over `handle`'s runtime.
+pub fn status(root: &Path, handle: &tokio::runtime::Handle) -> anyhow::Result<Status> {
     let root = HostRoot::new(root)?;
     let Some(record) = InstallRecord::load(&root)? else {
         anyhow::bail!(
@@ -101,13 +102,10 @@ pub fn status(root: &Path) -> anyhow::Result<Status> {
     };
     let mut missing = Vec::new();
     if let Some(socket) = &record.containerd_socket {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let mut opts = ImportOptions::new(socket);
         opts.namespace = record.namespace.clone();
-        let importer = rt.block_on(Importer::connect(opts))?;
-        let present = rt.block_on(importer.images())?;
+        let importer = handle.block_on(Importer::connect(opts))?;
+        let present = handle.block_on(importer.images())?;
         for image in &record.images {
             if !present
                 .iter()

@@ -31,9 +31,30 @@ pub struct UninstallReport {
     pub service: String,
 }
 
-pub fn uninstall(opts: &UninstallOptions, runner: &dyn Runner) -> anyhow::Result<UninstallReport> {
+impl std::fmt::Display for UninstallReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for r in &self.removed {
+            writeln!(f, "removed {r}")?;
+        }
+        for k in &self.kept_modified {
+            writeln!(f, "kept {k} (changed since it was installed)")?;
+        }
+        for i in &self.images_removed {
+            writeln!(f, "removed image {i}")?;
+        }
+        write!(f, "k3s: {}", self.service)
+    }
+}
+
+/// Removes what the install under `opts.root` recorded; containerd is
+/// asked over `handle`'s runtime.
+pub fn uninstall(
+    opts: &UninstallOptions,
+    runner: &dyn Runner,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<UninstallReport> {
     let root = HostRoot::new(&opts.root)?;
-    let _lock = crate::lock::InstallLock::acquire(&root)?;
+    let _lock = crate::install_lock::InstallLock::acquire(&root)?;
     let Some(record) = InstallRecord::load(&root)? else {
         anyhow::bail!(
             "no airgap install on {} ({} is missing): nothing to remove",
@@ -60,12 +81,10 @@ pub fn uninstall(opts: &UninstallOptions, runner: &dyn Runner) -> anyhow::Result
 
     if opts.purge_images && !record.images.is_empty() {
         if let Some(socket) = &record.containerd_socket {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let importer = rt.block_on(Importer::connect(ImportOptions::new(socket)))?;
+            let importer = handle.block_on(Importer::connect(ImportOptions::new(socket)))?;
             for image in &record.images {
-                rt.block_on(importer.delete_image(&image.name))
+                handle
+                    .block_on(importer.delete_image(&image.name))
                     .with_context(|| format!("removing image {}", image.name))?;
                 report.images_removed.push(image.name.clone());
             }

@@ -9,6 +9,7 @@ use crate::service::process_alive;
 use anyhow::bail;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 
 /// How long an agent must stay up to count as started.
 const AGENT_SETTLE: Duration = Duration::from_secs(2);
@@ -21,14 +22,8 @@ fn log_tail(log: &Path, lines: usize) -> String {
 
 /// One local liveness probe; certificate checks are off because this only
 /// asks the local k3s whether it answers, and sends nothing secret.
-fn ping(port: u16) -> bool {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return false;
-    };
-    rt.block_on(async {
+fn ping(port: u16, handle: &Handle) -> bool {
+    handle.block_on(async {
         let Ok(client) = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
             .timeout(Duration::from_secs(2))
@@ -56,8 +51,10 @@ pub fn ready(
     port: u16,
     timeout: Duration,
     log: &Path,
+    handle: &Handle,
 ) -> anyhow::Result<()> {
-    airgap_bundle_tls::install_provider();
+    // reqwest is built without a default crypto provider: use ring's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let start = Instant::now();
     let token = root.path(NODE_TOKEN);
     loop {
@@ -70,7 +67,7 @@ pub fn ready(
         }
         let elapsed = start.elapsed();
         let is_ready = match role {
-            Role::Server => token.exists() && ping(port),
+            Role::Server => token.exists() && ping(port, handle),
             Role::Agent => elapsed >= AGENT_SETTLE,
         };
         if is_ready {
@@ -92,12 +89,5 @@ pub fn ready(
             );
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-mod airgap_bundle_tls {
-    /// reqwest is built without a default crypto provider: use ring's.
-    pub fn install_provider() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }

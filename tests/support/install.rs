@@ -250,17 +250,7 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Whether process `pid` is alive (and not a zombie).
-pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next().map(str::to_string))
-        })
-        .is_some_and(|state| state != "Z" && state != "X")
-}
+pub use airgap_installer::service::process_alive;
 
 /// Stops every detached k3s (stand-in) whose pid file is under `root`:
 /// TERM, then KILL after 5 s. Only pids this bed's installs started.

@@ -1,0 +1,64 @@
+//! Key files on disk: a new key pair written as `NAME.key` (secret, 0600)
+//! and `NAME.pub`, refusing to replace existing ones unless told to.
+
+use crate::atomic::{write_private, AtomicFile};
+use crate::sign::generate;
+use anyhow::{bail, Context as _};
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The key pair `airgap keygen` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyPairFiles {
+    pub secret_key: PathBuf,
+    pub public_key: PathBuf,
+    /// The key id, as minisign prints it.
+    pub key_id: String,
+}
+
+impl fmt::Display for KeyPairFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "wrote {} (secret, keep it on the build machine) and {} (public, put it on the stick)",
+            self.secret_key.display(),
+            self.public_key.display()
+        )?;
+        write!(f, "key id {}", self.key_id)
+    }
+}
+
+/// `base` with `ext` appended: `site` -> `site.key`.
+fn with_ext(base: &Path, ext: &str) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(ext);
+    PathBuf::from(name)
+}
+
+/// Generates a key pair and writes `BASE.key` and `BASE.pub`.
+pub fn write_key_pair(
+    base: &Path,
+    password: Option<String>,
+    force: bool,
+) -> anyhow::Result<KeyPairFiles> {
+    let (secret_key, public_key) = (with_ext(base, ".key"), with_ext(base, ".pub"));
+    for path in [&secret_key, &public_key] {
+        if path.symlink_metadata().is_ok() && !force {
+            bail!("{} exists (use --force to overwrite)", path.display());
+        }
+    }
+    let keys = generate(password)?;
+    write_private(&secret_key, keys.secret_key_file.as_bytes())?;
+    let mut f =
+        AtomicFile::create_with_mode(&public_key, 0o644, crate::atomic::ModeSupport::Required)
+            .with_context(|| format!("writing {}", public_key.display()))?;
+    f.write_all(keys.public_key_file.as_bytes())
+        .with_context(|| format!("writing {}", public_key.display()))?;
+    f.commit()?;
+    Ok(KeyPairFiles {
+        secret_key,
+        public_key,
+        key_id: keys.key_id,
+    })
+}
