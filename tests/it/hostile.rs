@@ -8,7 +8,7 @@
 //! containerd. Some cases are re-signed with the site key, so that only the
 //! structural rules stand between them and the host.
 
-mod support;
+use crate::support;
 
 use airgap_bundle::sums::{SIGNATURE_NAME, SUMS_NAME};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! `keygen` with and without a password, never prompting when nobody is at a
 //! terminal (every run here has stdin closed and a timeout).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

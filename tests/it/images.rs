@@ -4,7 +4,7 @@
 //! serves them, and a `--json` build summary that names every image with its
 //! digest.
 
-mod support;
+use crate::support;
 
 use airgap_bundle::digest::Digest;
 use airgap_testbed::seed::GUESTBOOK_REFS;

@@ -6,7 +6,7 @@
 //! pulled; a wrong password fails naming the registry and the image, and
 //! writes nothing.
 
-mod support;
+use crate::support;
 
 use airgap_testbed::token::{TokenRequest, TokenServer, SERVICE};
 use airgap_testbed::{Registry, RegistryOptions};

@@ -11,7 +11,7 @@
 //! Every test has its own network and hosts, torn down on drop (also on
 //! panic), so tests may run in parallel and the file may run twice in a row.
 
-mod support;
+use crate::support;
 
 use airgap_testbed::standin;
 use support::assert_fails_naming;

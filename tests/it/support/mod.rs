@@ -2,9 +2,6 @@
 //! release server, copied manifests and lock, a signing key) per test, the
 //! `airgap` binary run with a timeout and stdin closed, and assertions on
 //! what it printed. Tar-level crafting of hostile bundles is in [`tarball`].
-//!
-//! Each test binary uses only part of this module.
-#![allow(dead_code)]
 
 pub mod cache;
 pub mod cluster;

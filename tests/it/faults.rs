@@ -5,7 +5,7 @@
 //! k3s is the `k3s-standin` TEST DOUBLE; installs use `--no-start`, so the
 //! comparison is of what the installer writes.
 
-mod support;
+use crate::support;
 
 use airgap_testbed::containerd::Containerd;
 use std::process::Stdio;

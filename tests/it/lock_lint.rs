@@ -8,7 +8,7 @@
 //! release mirror, retries server errors as pulls do, and keeps a manifest
 //! image named by digest at that digest.
 
-mod support;
+use crate::support;
 
 use airgap_testbed::proxy::Proxy;
 use airgap_testbed::seed::{self, GUESTBOOK_REFS};

@@ -5,7 +5,7 @@
 //! the ones meant to hold it, which are 0600. k3s is the `k3s-standin` TEST
 //! DOUBLE.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! k3s is the `k3s-standin` TEST DOUBLE; installs use `--no-start`. The
 //! embedded runtime's image archive is counted and undone the same way.
 
-mod support;
+use crate::support;
 
 use support::install::*;
 use support::tmpfs::Tmpfs;

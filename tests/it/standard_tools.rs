@@ -4,7 +4,7 @@
 //! `ctr images import`, which names every image by its full reference and the
 //! registry's digest and can run the busybox image from it.
 
-mod support;
+use crate::support;
 
 use airgap_testbed::containerd::Containerd;
 use airgap_testbed::seed::{BUSYBOX_GREETING, BUSYBOX_REF};

@@ -4,7 +4,7 @@
 //! the registry's storage, a registry that is down, an image the registry
 //! does not have, and a k3s binary that does not match its checksum.
 
-mod support;
+use crate::support;
 
 use airgap_testbed::release;
 use airgap_testbed::seed::{DEMO_VERSION, GUESTBOOK_REFS};

@@ -8,7 +8,7 @@
 //! skips a preflight check: the port is a free one, and the host checks pass
 //! on the test machines (a check that fails here fails the test, loudly).
 
-mod support;
+use crate::support;
 
 use airgap_bundle::meta::FileRole;
 use airgap_testbed::containerd::Containerd;

@@ -9,7 +9,7 @@
 //! A transient 503 and a connection reset mid-blob are covered in
 //! `tests/cache_auth.rs`; here a 429 and a stall on manifests are retried too.
 
-mod support;
+use crate::support;
 
 use airgap_bundle::digest::Digest;
 use airgap_testbed::proxy::Proxy;

@@ -4,7 +4,7 @@
 //! absolute names, links, and a signature made with another key. Each hostile
 //! bundle is the good one rewritten at the tar level (support::tarball).
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -11,7 +11,7 @@
 //! clean install. It never hangs. k3s is the `k3s-standin` TEST DOUBLE;
 //! installs use `--no-start`.
 
-mod support;
+use crate::support;
 
 use airgap_bundle::digest::Digest;
 use airgap_testbed::containerd::Containerd;

@@ -7,7 +7,7 @@
 //! request; the China mirror layout of the release assets; basic auth from
 //! the flag and the docker config; a registry with a private CA.
 
-mod support;
+use crate::support;
 
 use airgap_testbed::proxy::Proxy;
 use airgap_testbed::seed::DEMO_VERSION;

@@ -5,7 +5,7 @@
 //! part named, and a stick holding the bundle, a runnable `airgap`, the key
 //! and a README with the exact commands.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
