@@ -11,6 +11,12 @@ use clap::Parser as _;
 use std::io::IsTerminal as _;
 
 fn main() {
+    // Nothing airgap creates is writable by group or others, whatever umask
+    // it was started with (a stricter one is kept): an auto-deploy
+    // manifests directory anyone could write to would let them run
+    // anything as cluster-admin.
+    let inherited = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    rustix::process::umask(inherited | rustix::fs::Mode::from_raw_mode(0o022));
     let cli = cli::Cli::parse();
     init_logging(cli.verbose);
     if let Err(e) = commands::run(cli.command) {

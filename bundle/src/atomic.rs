@@ -9,11 +9,16 @@ use anyhow::Context as _;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct AtomicFile {
     target: PathBuf,
     temp: tempfile::NamedTempFile,
     modes: ModeSupport,
+    /// The mode the target gets. The temporary file is created 0600 and
+    /// never made wider before it is committed, so a secret's temp file is
+    /// never readable by others, not even for a moment.
+    mode: AtomicU32,
 }
 
 /// Whether the target's file system must keep file modes.
@@ -55,6 +60,7 @@ impl AtomicFile {
             target: target.to_path_buf(),
             temp,
             modes,
+            mode: AtomicU32::new(0o600),
         };
         // Temporary files are created 0600.
         file.set_mode(mode)
@@ -95,8 +101,18 @@ impl AtomicFile {
         self.temp.as_file_mut()
     }
 
-    /// Sets the mode the file will have (see [`ModeSupport`]).
+    /// Sets the mode the file will have (see [`ModeSupport`]): at once when
+    /// it is no wider than the temporary file's 0600, else when committed.
     pub fn set_mode(&self, mode: u32) -> io::Result<()> {
+        self.mode.store(mode, Ordering::Relaxed);
+        if mode & !0o600 == 0 {
+            self.apply_mode(mode)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn apply_mode(&self, mode: u32) -> io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         match self
             .temp
@@ -117,6 +133,8 @@ impl AtomicFile {
 
     /// fsyncs the content, renames it over the target and fsyncs the directory.
     pub fn commit(self) -> anyhow::Result<PathBuf> {
+        self.apply_mode(self.mode.load(Ordering::Relaxed))
+            .with_context(|| format!("setting the mode of {}", self.target.display()))?;
         self.temp
             .as_file()
             .sync_all()
@@ -195,5 +213,52 @@ mod tests {
         let mode = std::fs::metadata(&target).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Watches the temporary file's mode while it is written: a file bound
+    /// for 0600 is never wider (it used to be 0644 between create and
+    /// chmod), and a 0644 one is no wider than 0600 until it is committed.
+    #[test]
+    fn temporary_files_are_never_wider_than_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        for (final_mode, widest_seen) in [(0o600, 0o600), (0o400, 0o600), (0o644, 0o600)] {
+            let target = dir.path().join(format!("out-{final_mode:o}"));
+            let mut f = AtomicFile::create(&target).unwrap();
+            assert_eq!(mode_of(f.temp_path()) & !widest_seen, 0, "{final_mode:o}");
+            f.set_mode(final_mode).unwrap();
+            let temp = mode_of(f.temp_path());
+            assert_eq!(temp & !widest_seen, 0, "{final_mode:o}: temp {temp:o}");
+            if final_mode & !0o600 == 0 {
+                assert_eq!(temp, final_mode, "a stricter mode is set at once");
+            }
+            f.write_all(b"secret").unwrap();
+            assert_eq!(mode_of(f.temp_path()) & !widest_seen, 0);
+            f.commit().unwrap();
+            assert_eq!(mode_of(&target), final_mode);
+        }
+    }
+
+    #[test]
+    fn write_private_replaces_a_wider_file_and_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        std::fs::write(&t, "old").unwrap();
+        std::fs::set_permissions(&t, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        write_private(&t, b"token").unwrap();
+        assert_eq!(mode_of(&t), 0o600);
+        assert_eq!(std::fs::read(&t).unwrap(), b"token");
+        // A link at the destination is replaced, not followed.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        write_private(&link, b"token").unwrap();
+        assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"untouched");
     }
 }

@@ -9,6 +9,11 @@ use tokio::runtime::Handle;
 
 pub fn install(args: InstallArgs, handle: &Handle) -> anyhow::Result<()> {
     let json = args.json;
+    if args.token.is_some() && std::env::var_os("K3S_TOKEN").is_none() {
+        tracing::warn!(
+            "--token is visible to every user in the process list; prefer --token-file FILE or K3S_TOKEN"
+        );
+    }
     let report = airgap_installer::install::install(
         &options(args),
         &airgap_installer::run::HostRunner,
