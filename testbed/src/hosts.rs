@@ -60,8 +60,10 @@ pub const PRIVATE_PATHS: &[&str] = &[
 /// holding the mount points) before the private paths are bound.
 const OVERLAID: &[&str] = &["/etc", "/var/lib"];
 
-/// Entries the rig itself keeps in the private paths (not the installer's).
-const RIG_ENTRIES: &[&str] = &["/run/lock", "/run/containerd"];
+/// Entries kept in the private paths that are not the install's: the rig's
+/// own, and the installer's lock directory (its lock files stay, as lock
+/// files in `/run` do, until the host restarts).
+const RIG_ENTRIES: &[&str] = &["/run/lock", "/run/containerd", "/run/airgap"];
 
 /// Where containerd listens inside a host (the installer's default).
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -402,7 +404,8 @@ impl TestHost {
 
     /// Every entry (file, dir, link) in the host's private paths, as host
     /// paths, sorted; without what the rig keeps there itself (`/run/lock`,
-    /// containerd's `/run/containerd`). Empty on a host nothing was
+    /// containerd's `/run/containerd`) and the installer's locks
+    /// (`/run/airgap`). Empty on a host nothing was
     /// installed on.
     pub fn private_entries(&self) -> Vec<String> {
         let mut out = Vec::new();
