@@ -6,13 +6,15 @@
 //! images built in code ([`image`]), pushed byte-exact ([`push`]) as the demo
 //! and benchmark sets ([`seed`]); private containerds ([`containerd`]), test
 //! hosts in network namespaces ([`hosts`]), the k3s stand-in TEST DOUBLE
-//! ([`standin`]) and the fault proxy ([`proxy`]). It is test code: it trusts
-//! its own servers.
+//! ([`standin`]) and the fault proxy ([`proxy`]); [`pki`] is the certificate
+//! authorities of the registry, the token server and the stand-in. It is
+//! test code: it trusts its own servers.
 #![forbid(unsafe_code)]
 
 pub mod conn_server;
 pub mod http;
 pub mod image;
+pub mod pki;
 pub mod proxy;
 pub mod push;
 pub mod registry;

@@ -30,7 +30,7 @@ struct ServeArgs {
     dir: PathBuf,
     /// Also seed the benchmark images with at least this many layer bytes
     /// (K, M, G suffixes allowed).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = bench_bytes)]
     bench_bytes: Option<u64>,
     /// File to serve as the amd64 k3s asset (default: a stand-in script).
     #[arg(long)]
@@ -40,7 +40,7 @@ struct ServeArgs {
     containerd: bool,
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
+fn bench_bytes(text: &str) -> Result<u64, String> {
     serve::parse_size(text).map_err(|e| format!("{e:#}"))
 }
 

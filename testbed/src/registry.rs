@@ -220,14 +220,14 @@ impl Registry {
             requires_auth: options.htpasswd.is_some() || options.token.is_some(),
         };
         let tls = if options.tls_self_signed {
-            let files = write_tls_files(registry.dir.path())?;
-            registry.ca = Some(files.0.clone());
+            let files = crate::pki::write_loopback_tls(registry.dir.path())?;
+            registry.ca = Some(files.ca.clone());
             Some(files)
         } else {
             None
         };
         for _ in 0..3 {
-            let tls = tls.as_ref().map(|(_, c, k)| (c.as_path(), k.as_path()));
+            let tls = tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
             match registry.spawn(&options, tls) {
                 Ok(()) => return Ok(registry),
                 Err(e) => {
@@ -412,50 +412,11 @@ impl Drop for Registry {
     }
 }
 
-/// Writes `ca.pem`, and `cert.pem`/`key.pem` for 127.0.0.1 and localhost
-/// issued by that CA, into `dir`; returns their paths.
-pub(crate) fn write_tls_files(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "airgap-testbed registry CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "airgap-testbed registry");
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca_cert.pem())?;
-    std::fs::write(&paths.1, cert.pem())?;
-    std::fs::write(&paths.2, key.serialize_pem())?;
-    Ok(paths)
-}
-
 /// The status of `GET path` over HTTPS to `addr`, trusting only `ca`.
 fn tls_status(addr: &str, ca: &Path, path: &str) -> Result<u16> {
     use std::io::{BufRead as _, BufReader};
     use std::sync::Arc;
-    let pem = std::fs::read_to_string(ca)?;
-    let der = pem_to_der(&pem).context("reading the CA")?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(der))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = crate::pki::trusting(&std::fs::read_to_string(ca)?)?;
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
     let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
@@ -471,18 +432,6 @@ fn tls_status(addr: &str, ca: &Path, path: &str) -> Result<u16> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("bad status line {line:?}"))
-}
-
-/// The DER bytes of the first PEM certificate in `pem`.
-fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
-    use base64::Engine as _;
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
@@ -589,7 +538,7 @@ mod tests {
         assert_eq!(tls_status(reg.addr(), ca, &path).unwrap(), 200);
         // Another CA is not trusted.
         let other = tempfile::tempdir().unwrap();
-        let (other_ca, _, _) = write_tls_files(other.path()).unwrap();
+        let other_ca = crate::pki::write_loopback_tls(other.path()).unwrap().ca;
         assert!(tls_status(reg.addr(), &other_ca, "/v2/").is_err());
     }
 

@@ -8,7 +8,8 @@ use crate::containerd::Containerd;
 use crate::registry::{Registry, RegistryOptions};
 use crate::release::ReleaseServer;
 use crate::seed::{self, Seeded, DEMO_VERSION, K3S_STAND_IN};
-use anyhow::{bail, Context, Result};
+use airgap_bundle::split::{self, MIN_PART_SIZE};
+use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The file scripts source.
@@ -193,28 +194,23 @@ fn stdin_is_watchable() -> bool {
         .unwrap_or(false)
 }
 
-/// Parses a byte count: `1048576`, `512K`, `64M`, `2G` (binary units).
+/// Parses `--bench-bytes`, a byte count, in the bundle's size syntax
+/// ([`split::parse_size`]: `1048576`, `512K`, `64M`, `2GiB`, binary units).
+/// Two things it takes that the bundle's parser alone does not, as this
+/// parser always did: `KB`, `Ki`, `kB` (and so on for M and G) for K, and a
+/// count under the 4096 bytes that the bundle asks of a part.
 pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, ""),
-    };
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = digits
         .parse()
         .with_context(|| format!("invalid size {text:?}"))?;
-    let mult = match unit
-        .trim_end_matches(['i', 'B'])
-        .to_ascii_uppercase()
-        .as_str()
-    {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        _ => bail!("invalid size unit in {text:?} (use K, M or G)"),
-    };
-    n.checked_mul(mult)
+    let unit = unit.trim_end_matches(['i', 'B']);
+    // The bundle's unit, asked for as 4096 of it: less is not a part size.
+    let per_unit = split::parse_size(&format!("{MIN_PART_SIZE}{unit}"))
+        .map_err(|_| anyhow!("invalid size unit in {text:?} (use K, M or G)"))?
+        / MIN_PART_SIZE;
+    n.checked_mul(per_unit)
         .with_context(|| format!("size {text:?} is too large"))
 }
 

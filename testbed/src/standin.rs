@@ -8,30 +8,28 @@
 //! No kubelet, no containerd, no Kubernetes API: tests check the installer's
 //! work around it, not a cluster.
 //!
-//! Stages: [`flags`] (k3s's command line, env and config.yaml), [`pki`] (the
-//! cluster CA and serving certificates), [`api`] (the HTTPS server),
+//! Stages: [`flags`] (k3s's command line, env and config.yaml),
+//! [`crate::pki`] (the cluster CA and serving certificates, shared with the
+//! rig's other TLS), [`api`] (the HTTPS server),
 //! [`client`] (the HTTPS client agents and tests use), [`roles`] (what
 //! `server` and `agent` do).
 
 pub mod api;
 pub mod client;
 pub mod flags;
-pub mod pki;
 pub mod roles;
 
 use std::fmt::Display;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use api::{serve, ServerState};
 pub use client::{request, Response, Trust};
 pub use flags::{Flags, Settings};
-pub use pki::Pki;
+
+use crate::pki::write_file;
 
 /// Which k3s command is standing in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +160,7 @@ pub struct Bootstrap {
     pub server_ca_crt: String,
     pub server_ca_key: String,
 }
+
 /// 32 random hex digits, the shape of a k3s-generated password.
 pub fn random_password() -> Result<String> {
     let mut buf = [0u8; 16];
@@ -170,36 +169,6 @@ pub fn random_password() -> Result<String> {
         .fill(&mut buf)
         .map_err(|_| anyhow!("no system randomness"))?;
     Ok(hex::encode(buf))
-}
-
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Writes `path` through a temp file in its directory, then renames it.
-pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -69,19 +69,21 @@ impl TokenServer {
             .context("creating the token server's temp dir")?;
         // The rig's own CA and a certificate it issued: the CA is the
         // registry's root bundle, the certificate signs the tokens.
-        let (_ca, cert, key) = crate::registry::write_tls_files(dir.path())?;
-        let cert_der = pem_block(&std::fs::read_to_string(&cert)?, "CERTIFICATE")?;
-        let key_der = pem_block(&std::fs::read_to_string(&key)?, "PRIVATE KEY")?;
+        let tls = crate::pki::write_loopback_tls(dir.path())?;
         let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key_der, &rng)
-            .map_err(|e| anyhow!("reading the token signing key: {e}"))?;
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            tls.key_der.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|e| anyhow!("reading the token signing key: {e}"))?;
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the token server")?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             user: user.to_string(),
             password: password.to_string(),
             key,
-            x5c: STANDARD.encode(cert_der),
+            x5c: STANDARD.encode(&tls.cert_der),
             rng,
             next_id: AtomicU64::new(1),
             requests: Mutex::new(Vec::new()),
@@ -300,21 +302,6 @@ fn decode_query(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// The DER bytes of the first PEM block labelled `label`.
-fn pem_block(pem: &str, label: &str) -> Result<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let body: String = pem
-        .lines()
-        .skip_while(|l| l.trim() != begin)
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    if body.is_empty() {
-        anyhow::bail!("no {label} in the PEM file");
-    }
-    Ok(STANDARD.decode(body)?)
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 
 use super::TestHost;
 use anyhow::{anyhow, bail, Context, Result};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::{mpsc, Arc};
@@ -110,15 +109,7 @@ impl TestHost {
             .rsplit_once(':')
             .ok_or_else(|| anyhow!("{server} names no port"))?;
         let port: u16 = port.parse().with_context(|| format!("port in {server}"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.context("parsing the CA")?)?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = crate::pki::trusting(ca_pem)?;
         let name =
             ServerName::try_from(host.to_string()).with_context(|| format!("host in {server}"))?;
         let conn = rustls::ClientConnection::new(Arc::new(config), name)?;

@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use super::pki::Resolver;
-use super::{ca_hash, log, CriticalConfig, Node, Pki, Registration, Token};
+use super::{ca_hash, log, Bootstrap, CriticalConfig, Node, Registration, Token};
+use crate::pki::ClusterCa;
 
 /// What a server knows: its CA, its password, the cluster's critical flags
 /// and the nodes that registered with it (each server keeps its own list).
 pub struct ServerState {
-    pub pki: Arc<Pki>,
+    pub ca: Arc<ClusterCa>,
     pub password: String,
     pub critical: CriticalConfig,
     pub nodes: Mutex<Vec<Node>>,
@@ -26,7 +28,7 @@ pub struct ServerState {
 
 impl ServerState {
     pub fn ca_hash(&self) -> String {
-        ca_hash(self.pki.ca_pem.as_bytes())
+        ca_hash(self.ca.ca_pem.as_bytes())
     }
 
     fn token_ok(&self, token: &Token) -> bool {
@@ -63,10 +65,10 @@ pub fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<()> {
                 Some(c) => c.clone(),
                 None => {
                     let resolver = Arc::new(Resolver {
-                        pki: state.pki.clone(),
+                        ca: state.ca.clone(),
                         local,
                     });
-                    let c = ServerConfig::builder_with_provider(super::provider())
+                    let c = ServerConfig::builder_with_provider(crate::pki::provider())
                         .with_safe_default_protocol_versions()?
                         .with_no_client_auth()
                         .with_cert_resolver(resolver);
@@ -116,7 +118,7 @@ fn route(req: &Request, state: &ServerState) -> (u16, &'static str, Vec<u8>) {
     let path = req.path.split('?').next().unwrap_or_default();
     match (req.method.as_str(), path) {
         ("GET", "/ping") => (200, TEXT, b"pong".to_vec()),
-        ("GET", "/cacerts") => (200, TEXT, state.pki.ca_pem.clone().into_bytes()),
+        ("GET", "/cacerts") => (200, TEXT, state.ca.ca_pem.clone().into_bytes()),
         ("POST", "/v1-k3s/register") => {
             let reg: Registration = match serde_json::from_slice(&req.body) {
                 Ok(r) => r,
@@ -172,7 +174,11 @@ fn route(req: &Request, state: &ServerState) -> (u16, &'static str, Vec<u8>) {
         ),
         ("GET", "/v1-k3s/server-bootstrap") if state.authorized(req) => json(
             200,
-            serde_json::to_value(state.pki.bootstrap()).unwrap_or_default(),
+            serde_json::to_value(Bootstrap {
+                server_ca_crt: state.ca.ca_pem.clone(),
+                server_ca_key: state.ca.key_pem(),
+            })
+            .unwrap_or_default(),
         ),
         ("GET", "/v1-k3s/nodes" | "/v1-k3s/critical-config" | "/v1-k3s/server-bootstrap") => {
             unauthorized()
@@ -257,4 +263,23 @@ fn read_request(r: &mut impl BufRead) -> Result<Request> {
     req.body.resize(len, 0);
     r.read_exact(&mut req.body)?;
     Ok(req)
+}
+
+/// Picks (issuing on first use) the certificate for one local address.
+#[derive(Debug)]
+struct Resolver {
+    ca: Arc<ClusterCa>,
+    local: Option<IpAddr>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match self.ca.for_connection(self.local, hello.server_name()) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                log(format_args!("{e:#}"));
+                None
+            }
+        }
+    }
 }

@@ -10,11 +10,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use super::provider;
+use crate::pki::provider;
 
 /// Which server certificates a request accepts.
 #[derive(Debug, Clone, Copy)]
@@ -115,21 +114,14 @@ pub fn request(
 }
 
 fn client_config(trust: Trust<'_>) -> Result<ClientConfig> {
-    let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    Ok(match trust {
-        Trust::AnyForCacerts => builder
+    match trust {
+        Trust::AnyForCacerts => Ok(ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider())))
-            .with_no_client_auth(),
-        Trust::Ca(pem) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots.add(cert.context("parsing the cluster CA")?)?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-    })
+            .with_no_client_auth()),
+        Trust::Ca(pem) => crate::pki::trusting(pem).context("the cluster CA"),
+    }
 }
 
 /// Accepts any server certificate but still checks the handshake signatures.

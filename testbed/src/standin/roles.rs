@@ -10,9 +10,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 
 use super::{
-    ca_hash, log, random_password, request, write_file, Bootstrap, CriticalConfig, Node, Pki,
+    ca_hash, log, random_password, request, write_file, Bootstrap, CriticalConfig, Node,
     Registration, Role, ServerState, Settings, Token, Trust,
 };
+use crate::pki::{ClusterCa, CA_CRT};
 
 /// Runs `s.role` until it is up, calling `ready` then: a server keeps
 /// serving (returns only on error), an agent returns once registered.
@@ -26,15 +27,26 @@ pub fn run(s: &Settings, ready: impl FnOnce()) -> Result<()> {
 fn server(s: &Settings, ready: impl FnOnce()) -> Result<()> {
     let dir = s.data_dir.join("server");
     let tls = dir.join("tls");
-    let (pki, password) = match (&s.server_url, &s.token) {
+    let (ca, password) = match (&s.server_url, &s.token) {
         (Some(url), Some(token)) => {
             let token = Token::parse(token);
             let boot = join(s, url, &token)?;
-            (Pki::store(&tls, &boot, s.sans())?, token.password)
+            let ca = ClusterCa::store(&tls, &boot.server_ca_crt, &boot.server_ca_key, s.sans())?;
+            (ca, token.password)
         }
         (Some(_), None) => bail!("token is required to join a cluster"),
         (None, token) => {
-            let pki = Pki::load_or_create(&tls, s.sans())?;
+            let ca = match ClusterCa::load(&tls, s.sans())? {
+                Some(ca) => ca,
+                None => {
+                    let ca = ClusterCa::create(&tls, s.sans())?;
+                    log(format_args!(
+                        "created cluster CA {}",
+                        tls.join(CA_CRT).display()
+                    ));
+                    ca
+                }
+            };
             let stored = std::fs::read_to_string(dir.join("token"))
                 .ok()
                 .map(|t| Token::parse(&t).password);
@@ -43,15 +55,15 @@ fn server(s: &Settings, ready: impl FnOnce()) -> Result<()> {
                 (None, Some(stored)) => stored,
                 (None, None) => random_password()?,
             };
-            (pki, password)
+            (ca, password)
         }
     };
-    let hash = ca_hash(pki.ca_pem.as_bytes());
+    let hash = ca_hash(ca.ca_pem.as_bytes());
     let token = format!("{}\n", Token::full(&hash, &password));
     for name in ["token", "node-token"] {
         write_file(&dir.join(name), token.as_bytes(), 0o600)?;
     }
-    let (crt, key, _) = pki.issue(&[])?;
+    let (crt, key, _) = ca.issue(&[])?;
     write_file(
         &tls.join("serving-kube-apiserver.crt"),
         crt.as_bytes(),
@@ -65,7 +77,7 @@ fn server(s: &Settings, ready: impl FnOnce()) -> Result<()> {
     if let Some(path) = &s.write_kubeconfig {
         write_file(
             path,
-            kubeconfig(&pki.ca_pem, s.port, &password).as_bytes(),
+            kubeconfig(&ca.ca_pem, s.port, &password).as_bytes(),
             s.kubeconfig_mode,
         )?;
     }
@@ -76,7 +88,7 @@ fn server(s: &Settings, ready: impl FnOnce()) -> Result<()> {
         cluster_init: s.cluster_init,
     };
     let state = ServerState {
-        pki: Arc::new(pki),
+        ca: Arc::new(ca),
         password,
         critical: s.critical.clone(),
         nodes: Mutex::new(vec![me]),
@@ -131,7 +143,7 @@ fn agent(s: &Settings, ready: impl FnOnce()) -> Result<()> {
     );
     let ca = fetch_ca(url, &token)?;
     let dir = s.data_dir.join("agent");
-    write_file(&dir.join("server-ca.crt"), ca.as_bytes(), 0o644)?;
+    write_file(&dir.join(CA_CRT), ca.as_bytes(), 0o644)?;
     register(s, url, &token, &ca, "agent")?;
     write_file(
         &dir.join("registered"),
