@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use airgap_bundle::write::Compression;
-use airgap_bundler::build::{build_with, BuildOptions};
+use airgap_bundler::build::{build, BuildOptions};
 use airgap_bundler::registry::RegistryConfig;
 use airgap_bundler::release::ReleaseSource;
 use anyhow::{bail, Context as _};
@@ -754,7 +754,7 @@ fn bundle_build(args: BuildArgs) -> anyhow::Result<()> {
         locked: args.locked,
         allow_latest: args.allow_latest,
     };
-    let summary = runtime.block_on(build_with(&opts, &checks, progress.as_ref()))?;
+    let summary = build(&opts, &checks, progress.as_ref(), runtime.handle())?;
     if let Some(usb) = &usb {
         let stick = airgap_bundler::usb::write_stick(&summary.file, usb)?;
         if args.json {
@@ -820,7 +820,7 @@ fn bundle_lock(args: LockArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(airgap_bundler::locking::lock(&opts))?;
+    let report = airgap_bundler::locking::lock(&opts, runtime.handle())?;
     print_result(&report, args.json)?;
     if report.check && !report.changes.is_empty() {
         bail!(

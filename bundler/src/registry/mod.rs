@@ -7,109 +7,50 @@
 //! blobs stream through [`BlobWriter`](crate::store::BlobWriter) and are
 //! published only once verified. The HTTP work is oci-client's (auth, token
 //! exchange, redirects); the decisions (which platform, what to keep, what
-//! to check, when to retry) are made here.
+//! to check, when to retry) are made here and in the submodules: `config`
+//! (mirrors, insecure hosts, timeouts), `platform` (which manifest serves a
+//! platform), `blob` (a blob's download, resume and retries) and `classify`
+//! (what a failure means, and whether to try again).
 //!
 //! What the store (the cache) already has is not fetched: a manifest pinned
-//! by digest, a blob, each hashed again first. A blob download that breaks
-//! off is kept and resumed with a Range request; 5xx, 429, broken
-//! connections and reads that stall longer than the read timeout
-//! (`--registry-timeout`) are retried a few times with backoff.
+//! by digest, a blob, each hashed again first. 5xx, 429, broken connections
+//! and reads that stall longer than the read timeout (`--registry-timeout`)
+//! are retried a few times with backoff.
+
+mod blob;
+mod classify;
+mod config;
+mod platform;
+
+pub use config::{parse_mirror, RegistryConfig, DEFAULT_READ_TIMEOUT};
+pub(crate) use platform::{check_config_size, compatible, select, stored_config_platform};
 
 use crate::auth::Credentials;
+use crate::net;
 use crate::progress::{NoProgress, Progress};
-use crate::release::{error_chain, install_tls_provider, USER_AGENT};
-use crate::store::{BlobStore, BlobWriter, Claim};
-use airgap_bundle::digest::{Digest, DigestMismatch, Hashed};
+use crate::store::BlobStore;
+use airgap_bundle::digest::{Digest, Hashed};
+use airgap_bundle::error;
 use airgap_bundle::oci::{
-    is_manifest, AnyManifest, Descriptor, Manifest, Platform, MANIFEST_MEDIA_TYPES,
-    MAX_MANIFEST_BYTES,
+    AnyManifest, Descriptor, Manifest, Platform, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES,
 };
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
-use futures_util::{StreamExt as _, TryStreamExt as _};
-use oci_client::client::{
-    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
-};
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use classify::retryable;
+use futures_util::TryStreamExt as _;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Largest image config read to learn a single-platform image's platform.
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// Tries of one request when the registry answers 5xx or 429 or the
 /// connection breaks; the waits between them double from [`FIRST_BACKOFF`]
 /// (0.2 s, 0.4 s, 0.8 s, 1.6 s).
 const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// How long a registry may send nothing, by default.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Where images are pulled from and how hard.
-#[derive(Debug, Clone)]
-pub struct RegistryConfig {
-    /// `(registry, url)`: images named `registry/...` are pulled from the
-    /// mirror at `url` (`http://127.0.0.1:5000`, `https://mirror.local`, or a
-    /// bare host). An `http://` URL means plain HTTP for that host.
-    pub mirrors: Vec<(String, String)>,
-    /// Hosts spoken to over plain HTTP.
-    pub insecure: Vec<String>,
-    /// Manifests and blobs fetched at once, over all images.
-    pub jobs: usize,
-    /// Credentials per host contacted; anonymous where there are none.
-    pub credentials: Credentials,
-    /// PEM files of extra CAs to trust (a registry with a private CA).
-    pub ca_files: Vec<PathBuf>,
-    /// How long a registry may send nothing (no answer, or no body bytes)
-    /// before the request is given up and retried.
-    pub read_timeout: Duration,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        Self {
-            mirrors: Vec::new(),
-            insecure: Vec::new(),
-            jobs: 4,
-            credentials: Credentials::default(),
-            ca_files: Vec::new(),
-            read_timeout: DEFAULT_READ_TIMEOUT,
-        }
-    }
-}
-
-/// Parses a `--registry-mirror` value, `REGISTRY=URL`.
-pub fn parse_mirror(arg: &str) -> Result<(String, String)> {
-    match arg.split_once('=') {
-        Some((registry, url)) if !registry.is_empty() && !url.is_empty() => {
-            mirror_host(url)?;
-            Ok((registry.to_string(), url.to_string()))
-        }
-        _ => bail!("invalid registry mirror {arg:?}: expected REGISTRY=URL, e.g. docker.io=http://127.0.0.1:5000"),
-    }
-}
-
-/// The host of a mirror URL, and whether it is plain HTTP.
-fn mirror_host(url: &str) -> Result<(String, bool)> {
-    let (rest, plain) = if let Some(rest) = url.strip_prefix("http://") {
-        (rest, true)
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        (rest, false)
-    } else if url.contains("://") {
-        bail!("registry mirror {url:?}: only http:// and https:// are supported");
-    } else {
-        (url, false)
-    };
-    let host = rest.trim_end_matches('/');
-    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
-        bail!("registry mirror {url:?}: expected a scheme and host[:port], without a path");
-    }
-    Ok((host.to_string(), plain))
-}
 
 /// An image as pulled into the store.
 #[derive(Debug, Clone)]
@@ -141,11 +82,11 @@ pub struct Puller {
 
 impl Puller {
     pub fn new(config: RegistryConfig) -> Result<Puller> {
-        install_tls_provider();
+        net::install_tls_provider();
         let mut mirrors = HashMap::new();
         let mut plain_http: HashSet<String> = HashSet::new();
         for (registry, url) in &config.mirrors {
-            let (host, plain) = mirror_host(url)?;
+            let (host, plain) = config::mirror_host(url)?;
             if plain {
                 plain_http.insert(host.clone());
             }
@@ -159,31 +100,26 @@ impl Puller {
             }
         }
         let jobs = config.jobs.max(1);
-        let mut extra_root_certificates = Vec::new();
-        for file in &config.ca_files {
-            let data = std::fs::read(file)
-                .with_context(|| format!("reading registry CA {}", file.display()))?;
-            if !String::from_utf8_lossy(&data).contains("-----BEGIN CERTIFICATE-----") {
-                bail!("registry CA {}: not a PEM certificate", file.display());
-            }
-            extra_root_certificates.push(Certificate {
+        let extra_root_certificates = net::read_ca_files(&config.ca_files)?
+            .into_iter()
+            .map(|data| Certificate {
                 encoding: CertificateEncoding::Pem,
                 data,
-            });
-        }
+            })
+            .collect();
         let client_config = ClientConfig {
             extra_root_certificates,
             protocol: ClientProtocol::HttpsExcept(plain_http.iter().cloned().collect()),
             // Indexes are resolved here, for every wanted platform.
             platform_resolver: None,
             max_concurrent_download: jobs,
-            connect_timeout: Some(Duration::from_secs(30)),
+            connect_timeout: Some(net::CONNECT_TIMEOUT),
             read_timeout: Some(config.read_timeout),
-            user_agent: USER_AGENT,
+            user_agent: net::USER_AGENT,
             ..ClientConfig::default()
         };
         let client = Client::try_from(client_config)
-            .map_err(|e| anyhow!("creating the registry client: {}", error_chain(&e)))?;
+            .map_err(|e| anyhow!("creating the registry client: {}", error::chain(&e)))?;
         Ok(Puller {
             client,
             mirrors,
@@ -328,7 +264,7 @@ impl Job<'_> {
         match parsed {
             AnyManifest::Index(index) => {
                 for wanted in platforms {
-                    let entry = select(&index.manifests, wanted)?;
+                    let entry = platform::select(&index.manifests, wanted)?;
                     if fetched.insert(entry.digest) {
                         manifests.push(self.platform_manifest(entry, wanted).await?);
                         blobs.push(entry.clone());
@@ -338,14 +274,15 @@ impl Job<'_> {
             }
             AnyManifest::Image(manifest) => {
                 // Only the config says which platform a lone manifest is for.
+                let config = || format!("config {}", manifest.config.digest);
+                platform::check_config_size(&manifest.config).with_context(config)?;
                 self.fetch_blob(&manifest.config).await?;
                 fetched.insert(manifest.config.digest);
                 blobs.push(manifest.config.clone());
-                let found = self
-                    .config_platform(&manifest.config)
-                    .with_context(|| format!("config {}", manifest.config.digest))?;
+                let found = platform::stored_config_platform(self.store, &manifest.config)
+                    .with_context(config)?;
                 for wanted in platforms {
-                    if !compatible(wanted, &found) {
+                    if !platform::compatible(wanted, &found) {
                         bail!("the image is for {found} only (it has no index), not {wanted}");
                     }
                     let desc = Descriptor {
@@ -468,146 +405,6 @@ impl Job<'_> {
         p.blob_done(self.image, &desc.digest, desc.size, shared);
     }
 
-    /// Streams one blob into the store unless it is there (or another image
-    /// is fetching it, in which case this waits for that).
-    async fn fetch_blob(&self, desc: &Descriptor) -> Result<()> {
-        self.fetch_blob_inner(desc)
-            .await
-            .with_context(|| format!("blob {}", desc.digest.short()))
-    }
-
-    async fn fetch_blob_inner(&self, desc: &Descriptor) -> Result<()> {
-        let p = self.progress;
-        let mut waited = false;
-        let lease = loop {
-            match self.store.try_claim(&desc.digest, desc.size) {
-                Claim::Present { shared } if !waited => {
-                    self.report_present(desc, shared);
-                    return Ok(());
-                }
-                Claim::Present { .. } => {
-                    p.blob_done(self.image, &desc.digest, desc.size, true);
-                    return Ok(());
-                }
-                Claim::Wait(waiter) => {
-                    // Shown as shared while another image fetches it.
-                    if !waited {
-                        p.blob_started(self.image, &desc.digest, desc.size, true);
-                        waited = true;
-                    }
-                    waiter.wait().await;
-                }
-                Claim::Fetch(lease) => break lease,
-            }
-        };
-        if lease.reuse().await? {
-            // In the cache from an earlier run, and still matching.
-            drop(lease);
-            self.report_present(desc, false);
-            return Ok(());
-        }
-        let _permit = self.puller.permits.acquire().await?;
-        // After a failed fetch by another image this one takes over, and
-        // its image bar counts the blob twice; the run is failing anyway.
-        p.blob_started(self.image, &desc.digest, desc.size, false);
-        let mut writer = lease.resume().await?;
-        p.blob_advanced(self.image, writer.written());
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.download(desc, &mut writer).await {
-                Ok(()) => break,
-                Err(Failed::Retry(e)) if attempt < ATTEMPTS => self.backoff(attempt, &e).await,
-                Err(Failed::Retry(e)) => return Err(self.give_up(attempt, e)),
-                Err(Failed::Fatal(e)) => return Err(e),
-            }
-        }
-        writer.commit().await?;
-        drop(lease);
-        p.blob_done(self.image, &desc.digest, desc.size, false);
-        Ok(())
-    }
-
-    /// One request for the rest of a blob: from where `writer` stands, with
-    /// a Range request when it already holds some.
-    async fn download(&self, desc: &Descriptor, writer: &mut BlobWriter) -> Result<(), Failed> {
-        let p = self.progress;
-        let digest = desc.digest.to_string();
-        let offset = writer.written();
-        let client = &self.puller.client;
-        let fail = |e: OciDistributionError| {
-            if retryable(&e) {
-                Failed::Retry(self.describe(e))
-            } else {
-                Failed::Fatal(self.describe(e))
-            }
-        };
-        let mut stream: SizedStream = if offset == 0 || offset >= desc.size {
-            if offset > 0 {
-                writer.restart().await.map_err(Failed::Fatal)?;
-            }
-            client
-                .pull_blob_stream(&self.source, digest.as_str())
-                .await
-                .map_err(fail)?
-        } else {
-            match client
-                .pull_blob_stream_partial(&self.source, digest.as_str(), offset, None)
-                .await
-                .map_err(fail)?
-            {
-                BlobResponse::Partial(stream) => stream,
-                BlobResponse::Full(stream) => {
-                    // The registry ignored the range: start over.
-                    writer.restart().await.map_err(Failed::Fatal)?;
-                    stream
-                }
-            }
-        };
-        let expected = desc.size - writer.written();
-        if let Some(length) = stream.content_length.filter(|&l| l != expected) {
-            return Err(Failed::Fatal(
-                DigestMismatch::Size {
-                    what: desc.digest.blob_path(),
-                    expected: desc.size,
-                    found: length + writer.written(),
-                }
-                .into(),
-            ));
-        }
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    writer.write(&bytes).await.map_err(Failed::Fatal)?;
-                    p.blob_advanced(self.image, bytes.len() as u64);
-                }
-                // oci-client's own check at the end of a whole stream: the
-                // writer has seen every byte and gives the typed error.
-                Err(e) if e.get_ref().is_some_and(|inner| inner.is::<DigestError>()) => break,
-                Err(e) if is_read_timeout(&e) => {
-                    return Err(Failed::Retry(anyhow!(
-                        "{} sent nothing for {:?} (the read timeout, --registry-timeout) \
-                         after {} of {} bytes",
-                        self.host,
-                        self.puller.read_timeout,
-                        writer.written(),
-                        desc.size,
-                    )))
-                }
-                Err(e) => {
-                    return Err(Failed::Retry(anyhow!(
-                        "reading from {} after {} of {} bytes: {}",
-                        self.host,
-                        writer.written(),
-                        desc.size,
-                        error_chain(&e)
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The credentials for the host contacted.
     fn auth(&self) -> RegistryAuth {
         self.puller.credentials.for_host(&self.host)
@@ -631,329 +428,11 @@ impl Job<'_> {
             last
         }
     }
-
-    /// The platform an image config declares.
-    fn config_platform(&self, config: &Descriptor) -> Result<Platform> {
-        if config.size > MAX_CONFIG_BYTES {
-            bail!(
-                "{} bytes is more than the {MAX_CONFIG_BYTES} a config may have",
-                config.size
-            );
-        }
-        let bytes = std::fs::read(self.store.path(&config.digest))?;
-        let platform: Platform =
-            serde_json::from_slice(&bytes).context("no os and architecture in the config")?;
-        Ok(platform)
-    }
-
-    /// A registry failure as a short sentence naming what was asked of whom.
-    fn describe(&self, e: OciDistributionError) -> anyhow::Error {
-        let host = &self.host;
-        let scheme = if self.puller.plain_http.contains(host) {
-            "http"
-        } else {
-            "https"
-        };
-        match e {
-            OciDistributionError::RequestError(e) => {
-                let chain = error_chain(&e);
-                if e.is_timeout() && !e.is_connect() {
-                    anyhow!(
-                        "{scheme}://{host} did not answer within the read timeout \
-                         ({:?}, --registry-timeout): {chain}",
-                        self.puller.read_timeout
-                    )
-                } else if e.is_connect() {
-                    let tls = ["tls", "certificate", "corrupt message", "handshake"]
-                        .iter()
-                        .any(|w| chain.to_lowercase().contains(w));
-                    let hint = if scheme == "https" && is_certificate_error(&chain) {
-                        format!(
-                            " (if {host}'s certificate is issued by a private CA, \
-                             pass --registry-ca CA.pem)"
-                        )
-                    } else if scheme == "https" && tls {
-                        format!(" (if {host} serves plain HTTP, pass --insecure-registry {host})")
-                    } else {
-                        String::new()
-                    };
-                    anyhow!("cannot connect to registry {scheme}://{host}: {chain}{hint}")
-                } else {
-                    anyhow!("request to {scheme}://{host} failed: {chain}")
-                }
-            }
-            OciDistributionError::RegistryError { envelope, url } => {
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                let detail = envelope
-                    .errors
-                    .iter()
-                    .map(|e| format!("{} ({})", e.message, code_name(&e.code)))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let not_found = codes.iter().any(|c| {
-                    matches!(
-                        c,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::BlobUnknown
-                            | OciErrorCode::NotFound
-                    )
-                });
-                let denied = codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied));
-                if not_found {
-                    anyhow!("not found on {host}: {detail} (GET {url})")
-                } else if denied {
-                    anyhow!(
-                        "access denied by {host}{}: {detail} (GET {url})",
-                        self.who()
-                    )
-                } else {
-                    anyhow!("{host} refused: {detail} (GET {url})")
-                }
-            }
-            OciDistributionError::ServerError { code, url, message } => {
-                let message: String = message.trim().chars().take(200).collect();
-                if code == 404 {
-                    anyhow!("not found on {host} (HTTP 404 for GET {url})")
-                } else if message.is_empty() {
-                    anyhow!("HTTP {code} for GET {url}")
-                } else {
-                    anyhow!("HTTP {code} for GET {url}: {message}")
-                }
-            }
-            OciDistributionError::UnauthorizedError { url } => {
-                if self.puller.credentials.has(host) {
-                    anyhow!(
-                        "{host} refused the credentials{} (HTTP 401 for GET {url})",
-                        self.who()
-                    )
-                } else {
-                    anyhow!(
-                        "{host} wants credentials (HTTP 401 for GET {url}); none given for it \
-                         (--registry-auth {host}=USER:PASSFILE, or docker login)"
-                    )
-                }
-            }
-            OciDistributionError::AuthenticationFailure(reason) => {
-                let reason: String = reason.trim().chars().take(200).collect();
-                anyhow!(
-                    "{host}'s token service refused the credentials{}: {reason}",
-                    self.who()
-                )
-            }
-            other => anyhow!("{}", error_chain(&other)),
-        }
-    }
-}
-
-impl Job<'_> {
-    /// ` (as USER, from SOURCE)` or ` (anonymously)`, for auth errors.
-    fn who(&self) -> String {
-        match self.puller.credentials.describe(&self.host) {
-            Some(who) => format!(" ({who})"),
-            None => " (anonymously)".to_string(),
-        }
-    }
-}
-
-/// Why one try of a download failed.
-enum Failed {
-    /// A broken connection, 5xx or 429: worth another try.
-    Retry(anyhow::Error),
-    Fatal(anyhow::Error),
-}
-
-/// Whether a registry failure may go away on its own: 5xx, 429 (also as a
-/// TOOMANYREQUESTS error), a connection refused, reset or timed out.
-fn retryable(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
-        OciDistributionError::RequestError(e) => {
-            (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
-                && !is_certificate_error(&error_chain(e))
-        }
-        _ => false,
-    }
-}
-
-/// Whether a body stream broke off because nothing came within the read
-/// timeout.
-fn is_read_timeout(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::TimedOut
-        || e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
-            .is_some_and(reqwest::Error::is_timeout)
-}
-
-/// Whether a connection failed on the server's certificate (which no retry
-/// changes).
-fn is_certificate_error(chain: &str) -> bool {
-    let chain = chain.to_lowercase();
-    [
-        "certificate",
-        "unknownissuer",
-        "unknown issuer",
-        "invalid peer",
-    ]
-    .iter()
-    .any(|w| chain.contains(w))
-}
-
-fn code_name(code: &OciErrorCode) -> String {
-    match code {
-        OciErrorCode::Other(s) => s.clone(),
-        other => serde_json::to_string(other)
-            .map(|s| s.trim_matches('"').to_string())
-            .unwrap_or_else(|_| format!("{other:?}")),
-    }
-}
-
-/// The index entry for `wanted`: the first image manifest whose platform
-/// matches (variants respected).
-pub(crate) fn select<'a>(entries: &'a [Descriptor], wanted: &Platform) -> Result<&'a Descriptor> {
-    entries
-        .iter()
-        .find(|d| {
-            is_manifest(&d.media_type) && d.platform.as_ref().is_some_and(|p| wanted.matches(p))
-        })
-        .ok_or_else(|| {
-            let have: Vec<String> = entries
-                .iter()
-                .filter_map(|d| d.platform.as_ref())
-                .map(ToString::to_string)
-                .collect();
-            anyhow!(
-                "no manifest for platform {wanted} (the index has: {})",
-                if have.is_empty() {
-                    "none with a platform".to_string()
-                } else {
-                    have.join(", ")
-                }
-            )
-        })
-}
-
-/// Whether a lone manifest whose config declares `found` serves `wanted`.
-/// Configs often omit the variant, so an absent one is accepted.
-fn compatible(wanted: &Platform, found: &Platform) -> bool {
-    wanted.matches(found)
-        || (found.variant.is_none()
-            && wanted.os == found.os
-            && wanted.architecture == found.architecture)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn desc(media_type: &str, platform: Option<&str>) -> Descriptor {
-        Descriptor {
-            media_type: media_type.to_string(),
-            digest: Digest::of(platform.unwrap_or("").as_bytes()),
-            size: 1,
-            platform: platform.map(|p| {
-                let mut parts = p.split('/');
-                Platform {
-                    os: parts.next().unwrap().into(),
-                    architecture: parts.next().unwrap().into(),
-                    variant: parts.next().map(Into::into),
-                }
-            }),
-            annotations: BTreeMap::new(),
-        }
-    }
-
-    #[test]
-    fn selects_platforms_with_variants() {
-        use airgap_bundle::oci::{DOCKER_MANIFEST, OCI_MANIFEST};
-        let entries = vec![
-            desc(OCI_MANIFEST, Some("linux/amd64")),
-            desc(OCI_MANIFEST, Some("linux/arm/v6")),
-            desc(DOCKER_MANIFEST, Some("linux/arm/v7")),
-            desc(OCI_MANIFEST, Some("linux/arm64/v8")),
-            desc(OCI_MANIFEST, Some("unknown/unknown")),
-        ];
-        let arm = Platform::for_arch("arm").unwrap();
-        assert_eq!(select(&entries, &arm).unwrap(), &entries[2]);
-        let arm64 = Platform::for_arch("arm64").unwrap();
-        assert_eq!(select(&entries, &arm64).unwrap(), &entries[3]);
-        let err = select(&entries[..2], &arm).unwrap_err().to_string();
-        assert!(
-            err.contains("no manifest for platform linux/arm/v7"),
-            "{err}"
-        );
-        assert!(err.contains("linux/amd64, linux/arm/v6"), "{err}");
-    }
-
-    #[test]
-    fn lone_manifests_match_by_config() {
-        let arm = Platform::for_arch("arm").unwrap();
-        let bare_arm = Platform {
-            variant: None,
-            ..arm.clone()
-        };
-        let v6 = Platform {
-            variant: Some("v6".into()),
-            ..arm.clone()
-        };
-        assert!(compatible(&arm, &bare_arm));
-        assert!(!compatible(&arm, &v6));
-        assert!(!compatible(
-            &Platform::for_arch("amd64").unwrap(),
-            &bare_arm
-        ));
-    }
-
-    #[test]
-    fn retries_only_what_may_pass() {
-        let server = |code| OciDistributionError::ServerError {
-            code,
-            url: "http://r/v2/".into(),
-            message: String::new(),
-        };
-        assert!(retryable(&server(503)));
-        assert!(retryable(&server(500)));
-        assert!(retryable(&server(429)));
-        assert!(!retryable(&server(404)));
-        assert!(!retryable(&OciDistributionError::UnauthorizedError {
-            url: "http://r/v2/".into()
-        }));
-        assert!(is_certificate_error(
-            "invalid peer certificate: UnknownIssuer"
-        ));
-        assert!(!is_certificate_error("Connection refused"));
-    }
-
-    #[test]
-    fn parses_mirrors() {
-        assert_eq!(
-            parse_mirror("docker.io=http://127.0.0.1:5000").unwrap(),
-            ("docker.io".to_string(), "http://127.0.0.1:5000".to_string())
-        );
-        assert_eq!(
-            mirror_host("http://127.0.0.1:5000/").unwrap(),
-            ("127.0.0.1:5000".to_string(), true)
-        );
-        assert_eq!(
-            mirror_host("mirror.local").unwrap(),
-            ("mirror.local".to_string(), false)
-        );
-        for bad in [
-            "docker.io",
-            "=http://x",
-            "docker.io=",
-            "a=ftp://x",
-            "a=http://x/path",
-        ] {
-            assert!(parse_mirror(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn routes_through_mirrors() {
