@@ -10,6 +10,7 @@
 
 pub mod atomic;
 pub mod digest;
+pub mod error;
 pub mod inspect;
 pub mod keyfile;
 pub mod lock;

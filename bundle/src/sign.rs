@@ -123,6 +123,18 @@ pub fn public_key_id(pk: &PublicKey) -> String {
     key_id(pk.keynum())
 }
 
+/// The file name a key pair's public key goes by beside its bundle (on a
+/// stick): the key file's name without its extension, then `.pub`, so that
+/// the secret key `site.key` and the public key `site.pub` both give
+/// `site.pub`; `site.pub` for a path without a file name.
+pub fn public_key_name(key_path: &Path) -> String {
+    let stem = key_path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "site".into());
+    format!("{stem}.pub")
+}
+
 /// Signs `data` and returns the text of the `.minisig` file.
 ///
 /// The signature is minisign's prehashed kind (`ED`: Ed25519 over the
@@ -240,6 +252,17 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_key_names_follow_either_key_file() {
+        assert_eq!(public_key_name(Path::new("keys/site.key")), "site.pub");
+        assert_eq!(
+            public_key_name(Path::new("/media/usb/site.pub")),
+            "site.pub"
+        );
+        assert_eq!(public_key_name(Path::new("ops")), "ops.pub");
+        assert_eq!(public_key_name(Path::new("/")), "site.pub");
+    }
 
     #[test]
     fn sign_and_verify_round_trip() {

@@ -32,6 +32,17 @@ pub enum Compression {
     Zstd { level: i32, threads: u32 },
 }
 
+impl Compression {
+    /// zstd at `level` with one worker thread per CPU this process may use
+    /// (1 when that cannot be told): what `bundle build` compresses with.
+    pub fn zstd(level: i32) -> Compression {
+        let threads = std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        Compression::Zstd { level, threads }
+    }
+}
+
 /// Fixed metadata for every tar header, so that the same inputs give the
 /// same bytes (reproducible builds).
 #[derive(Debug, Clone, Copy)]

@@ -2,36 +2,40 @@
 //!
 //! resolve (version, wanted images) -> fetch (release assets, images into a
 //! content-addressed staging store, every digest verified) -> assemble
-//! (bundle.json, the OCI layout's index.json, SHA256SUMS, signature) -> write
-//! (one tar stream to a temporary file beside the output, renamed only when
-//! complete and signed) -> record (pins written back to images.lock).
+//! (bundle.json, the OCI layout's index.json, SHA256SUMS, signature:
+//! `assemble`) -> write (one tar stream to a temporary file beside
+//! the output, renamed only when complete and signed) -> record (pins
+//! written back to images.lock).
+//!
+//! Only the fetch stage is async: it runs under the caller's runtime
+//! (`handle.block_on`); every other stage, the tar writing included, runs
+//! on the caller's thread.
 
+use crate::assemble::{assemble, AssembleInputs};
 use crate::fresh;
-use crate::imageset::{self, Source};
+use crate::imageset::{self, Source, WantedImages};
 use crate::lint::{self, LintOptions, Severity};
 use crate::locking::{self, BuildChecks};
+use crate::net;
 use crate::progress::Progress;
 use crate::registry::{PulledImage, Puller, RegistryConfig};
-use crate::release::{self, ReleaseSource};
+use crate::release::{self, ReleaseAssets, ReleaseSource};
 use crate::space::SpaceWatch;
 use crate::store::BlobStore;
+use crate::summary::{BuildSummary, ImageSummary};
 use airgap_bundle::atomic::AtomicFile;
-use airgap_bundle::digest::{hash_file, Digest, HashingWriter};
+use airgap_bundle::digest::{Digest, HashingWriter};
 use airgap_bundle::lock::{ImagesLock, LockedImage, LOCK_NAME};
-use airgap_bundle::meta::{
-    BundleMeta, FileMeta, FileRole, ImageMeta, PlatformMeta, Totals, META_NAME, SCHEMA_VERSION,
-};
-use airgap_bundle::oci::{self, Descriptor, Platform};
+use airgap_bundle::meta::SCHEMA_VERSION;
+use airgap_bundle::oci::Platform;
 use airgap_bundle::reference::ImageRef;
 use airgap_bundle::sign;
 use airgap_bundle::split::SplitWriter;
-use airgap_bundle::sums::Sums;
 use airgap_bundle::write::{tar_size, write_bundle, Compression, StagedEntry, TarStamp};
 use anyhow::{bail, Context as _};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use tokio::runtime::Handle;
 
 /// Everything `bundle build` needs to know.
 pub struct BuildOptions {
@@ -64,41 +68,27 @@ pub struct BuildOptions {
     pub rebuild: bool,
 }
 
-/// What a finished build reports (`--json` prints it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BuildSummary {
-    pub file: PathBuf,
-    pub size: u64,
-    pub sha256: Digest,
-    pub k3s_version: String,
-    pub arches: Vec<String>,
-    pub images: Vec<ImageSummary>,
-    pub blobs: u64,
-    pub blob_bytes: u64,
-    pub dedup_saved_bytes: u64,
-    pub lock_updated: bool,
-    /// The parts, when the bundle was split (`file` is then their base name).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<PathBuf>,
-    /// The output was already what this build would write, and was kept
-    /// ([`crate::fresh`]); the other fields describe it as it was built.
-    #[serde(default)]
-    pub up_to_date: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImageSummary {
-    pub reference: String,
-    pub digest: Digest,
-    pub size: u64,
-}
-
 /// The default bundle name for a version and its architectures.
 pub fn default_output(full_version: &str, arches: &[String]) -> PathBuf {
     PathBuf::from(format!(
         "k3s-{full_version}-linux-{}.airgap.tar.zst",
         arches.join("-")
     ))
+}
+
+/// The fixed build time `SOURCE_DATE_EPOCH` sets, if it is set; an error
+/// when it is not a number of seconds.
+pub fn source_date_epoch_from_env() -> anyhow::Result<Option<u64>> {
+    parse_source_date_epoch(std::env::var("SOURCE_DATE_EPOCH").ok())
+}
+
+fn parse_source_date_epoch(value: Option<String>) -> anyhow::Result<Option<u64>> {
+    value
+        .map(|v| {
+            v.parse::<u64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))
+        })
+        .transpose()
 }
 
 fn build_time(source_date_epoch: Option<u64>) -> u64 {
@@ -110,31 +100,28 @@ fn build_time(source_date_epoch: Option<u64>) -> u64 {
     })
 }
 
-/// Runs the whole build. On any error nothing is left at the output path and
-/// the lock file is unchanged.
-pub async fn build(opts: &BuildOptions, progress: &dyn Progress) -> anyhow::Result<BuildSummary> {
-    build_with(opts, &BuildChecks::default(), progress).await
-}
-
-/// [`build`], with the offline-readiness lint and `--locked` as `checks` say;
-/// both run before anything is downloaded (but `k3s-images.txt`). A full
-/// file system fails it with "no space left on <dir>, needed N more"
+/// Runs the whole build, with the offline-readiness lint and `--locked` as
+/// `checks` say; both run before anything is downloaded (but
+/// `k3s-images.txt`). The downloads run on `handle`'s runtime, which must
+/// be multi-threaded (it drives their IO); call this from outside it. On any
+/// error nothing is left at the output path and the lock file is unchanged.
+/// A full file system fails it with `no space left on <dir>, needed N more`
 /// ([`crate::space`]).
-pub async fn build_with(
+pub fn build(
     opts: &BuildOptions,
     checks: &BuildChecks,
     progress: &dyn Progress,
+    handle: &Handle,
 ) -> anyhow::Result<BuildSummary> {
     let watch = SpaceWatch::new(progress);
-    build_stages(opts, checks, &watch)
-        .await
-        .map_err(|e| watch.explain(e))
+    build_stages(opts, checks, &watch, handle).map_err(|e| watch.explain(e))
 }
 
-async fn build_stages(
+fn build_stages(
     opts: &BuildOptions,
     checks: &BuildChecks,
     progress: &SpaceWatch<'_>,
+    handle: &Handle,
 ) -> anyhow::Result<BuildSummary> {
     // Resolve: version, platforms, key (a wrong password should fail before
     // any download), lock and manifests.
@@ -168,16 +155,7 @@ async fn build_stages(
     }
     findings.check()?;
     if checks.locked {
-        let k3s = locking::fetch_k3s_images(
-            &release::http_client()?,
-            &opts.release,
-            &version,
-            &opts.arches[0],
-        )
-        .await
-        .with_context(|| format!("fetching the system image list of k3s {version}"))?;
-        let wanted = imageset::wanted_images(&lock, &manifest_images, &k3s)?;
-        locking::check_locked(&lock, &wanted, &platforms)?;
+        check_locked(opts, &version, &platforms, &lock, &manifest_images, handle)?;
     }
 
     let output = match &opts.output {
@@ -228,61 +206,38 @@ async fn build_stages(
             if let Some(mut kept) = fresh::check(dir, &output, &fingerprint) {
                 kept.up_to_date = true;
                 kept.lock_updated = false;
+                kept.lock_path = opts.lock_path.clone();
                 return Ok(kept);
             }
         }
     }
 
-    // Fetch the release assets of every architecture.
-    let client = release::http_client()?;
-    let mut k3s_images: Vec<ImageRef> = Vec::new();
-    let mut binaries = Vec::new();
-    let mut install_sh: Option<PathBuf> = None;
-    for arch in &opts.arches {
-        let assets =
-            release::fetch_release(&client, &opts.release, &version, arch, &store, progress)
-                .await
-                .with_context(|| format!("fetching k3s {version} for {arch}"))?;
-        for image in &assets.images {
-            if !k3s_images.contains(image) {
-                k3s_images.push(image.clone());
-            }
-        }
-        if install_sh.is_none() {
-            install_sh = Some(assets.install_sh.path.clone());
-        }
-        binaries.push((arch.clone(), assets));
-    }
+    // Fetch: the release assets of every architecture, then every wanted
+    // image, pinned ones by digest.
+    let client = net::http_client()?;
+    let puller = Puller::new(opts.registry.clone())?;
+    let fetched = handle.block_on(fetch(FetchInputs {
+        opts,
+        version: &version,
+        platforms: &platforms,
+        lock: &lock,
+        manifest_images: &manifest_images,
+        client: &client,
+        puller: &puller,
+        store: &store,
+        progress,
+    }))?;
+    let Fetched {
+        binaries,
+        install_sh,
+        wanted,
+        pulled,
+    } = fetched;
 
-    // Pull every wanted image, pinned ones by digest.
-    let wanted = imageset::wanted_images(&lock, &manifest_images, &k3s_images)?;
     // Entries no longer wanted leave the lock, as cargo drops unused crates.
     let locked_entries = lock.images.len();
     lock.images.retain(|i| wanted.contains_key(&i.reference));
     let mut lock_updated = lock.images.len() != locked_entries;
-    let puller = Puller::new(opts.registry.clone())?;
-    let requests: Vec<(ImageRef, ImageRef)> = wanted
-        .keys()
-        .map(|r| {
-            let pinned = lock.get(r).and_then(|l| l.digest);
-            let fetch = match pinned {
-                Some(d) => r.with_digest(d),
-                None => r.clone(),
-            };
-            (r.clone(), fetch)
-        })
-        .collect();
-    let pulled: Vec<PulledImage> = stream::iter(requests.into_iter().map(|(name, fetch)| {
-        let (puller, store, platforms) = (&puller, &store, &platforms);
-        async move {
-            let mut image = puller.pull(&fetch, platforms, store, progress).await?;
-            image.reference = name;
-            anyhow::Ok(image)
-        }
-    }))
-    .buffered(opts.jobs.max(1))
-    .try_collect()
-    .await?;
 
     // Assemble: pins, bundle.json, the image layout, the file list.
     for image in &pulled {
@@ -341,66 +296,17 @@ async fn build_stages(
     progress.writing_started(total);
     let tar_bytes = tar_size(&signature, &sums_text, &staged.entries);
     progress.writing(&output, tar_bytes, opts.compression);
-    let stamp = TarStamp { mtime: created };
-    let (size, sha256, parts) = if let Some(part_size) = opts.split {
-        let split = tokio::task::block_in_place(|| {
-            let writer = SplitWriter::create(&output, part_size)?;
-            let writer = std::io::BufWriter::with_capacity(1 << 20, writer);
-            let mut on_bytes = |n| progress.writing_advanced(n);
-            write_bundle(
-                writer,
-                &signature,
-                &sums_text,
-                &staged.entries,
-                opts.compression,
-                stamp,
-                &mut on_bytes,
-            )?
-            .into_inner()
-            .map_err(|e| e.into_error())?
-            .finish()?
-            .commit()
-        })
-        .with_context(|| format!("writing {} in parts", output.display()))?;
-        progress.writing_done();
-        (split.manifest.size, split.manifest.sha256, split.parts)
-    } else {
-        let mut out = AtomicFile::create(&output)
-            .with_context(|| format!("creating {}", output.display()))?;
-        let entries = staged.entries.clone();
-        let compression = opts.compression;
-        // The file's digest is taken from the bytes as they are written,
-        // not by reading the file back.
-        let file = HashingWriter::new(out.file().try_clone()?);
-        let writer = std::io::BufWriter::with_capacity(1 << 20, file);
-        let written = tokio::task::block_in_place(|| {
-            let mut on_bytes = |n| progress.writing_advanced(n);
-            let (_, hashed) = write_bundle(
-                writer,
-                &signature,
-                &sums_text,
-                &entries,
-                compression,
-                stamp,
-                &mut on_bytes,
-            )?
-            .into_inner()
-            .map_err(|e| e.into_error())?
-            .finish();
-            anyhow::Ok(hashed)
-        })
-        .with_context(|| format!("writing {}", output.display()))?;
-        progress.writing_done();
-        let size = out.file().metadata()?.len();
-        anyhow::ensure!(
-            size == written.size,
-            "{} holds {size} bytes, but {} were written",
-            output.display(),
-            written.size
-        );
-        out.commit()?;
-        (size, written.digest, Vec::new())
-    };
+    let written = write_output(
+        &output,
+        opts,
+        &Signed {
+            signature: &signature,
+            sums: &sums_text,
+            entries: &staged.entries,
+            stamp: TarStamp { mtime: created },
+        },
+        progress,
+    )?;
 
     // Record the pins only once the bundle exists.
     progress.recording(&opts.lock_path, lock_text.len() as u64);
@@ -417,8 +323,8 @@ async fn build_stages(
     let meta = &staged.meta;
     let summary = BuildSummary {
         file: output,
-        size,
-        sha256,
+        size: written.size,
+        sha256: written.sha256,
         k3s_version: version.clone(),
         arches: opts.arches.clone(),
         images: meta
@@ -434,8 +340,9 @@ async fn build_stages(
         blob_bytes: meta.totals.blob_bytes,
         dedup_saved_bytes: meta.dedup_saved(),
         lock_updated,
-        parts,
+        parts: written.parts,
         up_to_date: false,
+        lock_path: opts.lock_path.clone(),
     };
     if let Some(dir) = &opts.cache {
         match fresh_inputs(&final_lock_text)? {
@@ -446,6 +353,120 @@ async fn build_stages(
     Ok(summary)
 }
 
+/// `--locked`: fails, naming every difference, unless the lock pins exactly
+/// the wanted images. The system image list is fetched as the release fetch
+/// fetches it, but afresh (into a scratch store, not the cache), so that the
+/// check sees the release as it is now.
+fn check_locked(
+    opts: &BuildOptions,
+    version: &str,
+    platforms: &[Platform],
+    lock: &ImagesLock,
+    manifest_images: &[imageset::ManifestImage],
+    handle: &Handle,
+) -> anyhow::Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("airgap-locked-")
+        .tempdir()
+        .context("creating a scratch directory")?;
+    let store = BlobStore::open(scratch.path())?;
+    let client = net::http_client()?;
+    let k3s = handle
+        .block_on(locking::fetch_k3s_images(
+            &client,
+            &opts.release,
+            version,
+            &opts.arches[0],
+            &store,
+        ))
+        .with_context(|| format!("fetching the system image list of k3s {version}"))?;
+    let wanted = imageset::wanted_images(lock, manifest_images, &k3s)?;
+    locking::check_locked(lock, &wanted, platforms)?;
+    Ok(())
+}
+
+struct FetchInputs<'a> {
+    opts: &'a BuildOptions,
+    version: &'a str,
+    platforms: &'a [Platform],
+    lock: &'a ImagesLock,
+    manifest_images: &'a [imageset::ManifestImage],
+    client: &'a reqwest::Client,
+    puller: &'a Puller,
+    store: &'a BlobStore,
+    progress: &'a SpaceWatch<'a>,
+}
+
+/// What the fetch stage brought into the store.
+struct Fetched {
+    /// Each architecture's release assets.
+    binaries: Vec<(String, ReleaseAssets)>,
+    install_sh: Option<PathBuf>,
+    wanted: WantedImages,
+    pulled: Vec<PulledImage>,
+}
+
+/// The fetch stage: release assets of every architecture, then every wanted
+/// image (`jobs` at once), each verified into the store.
+async fn fetch(inp: FetchInputs<'_>) -> anyhow::Result<Fetched> {
+    let FetchInputs {
+        opts,
+        version,
+        platforms,
+        lock,
+        manifest_images,
+        client,
+        puller,
+        store,
+        progress,
+    } = inp;
+    let mut k3s_images: Vec<ImageRef> = Vec::new();
+    let mut binaries = Vec::new();
+    let mut install_sh: Option<PathBuf> = None;
+    for arch in &opts.arches {
+        let assets = release::fetch_release(client, &opts.release, version, arch, store, progress)
+            .await
+            .with_context(|| format!("fetching k3s {version} for {arch}"))?;
+        for image in &assets.images {
+            if !k3s_images.contains(image) {
+                k3s_images.push(image.clone());
+            }
+        }
+        if install_sh.is_none() {
+            install_sh = Some(assets.install_sh.path.clone());
+        }
+        binaries.push((arch.clone(), assets));
+    }
+
+    let wanted = imageset::wanted_images(lock, manifest_images, &k3s_images)?;
+    let requests: Vec<(ImageRef, ImageRef)> = wanted
+        .keys()
+        .map(|r| {
+            let pinned = lock.get(r).and_then(|l| l.digest);
+            let fetch = match pinned {
+                Some(d) => r.with_digest(d),
+                None => r.clone(),
+            };
+            (r.clone(), fetch)
+        })
+        .collect();
+    let pulled: Vec<PulledImage> =
+        stream::iter(requests.into_iter().map(|(name, fetch)| async move {
+            let mut image = puller.pull(&fetch, platforms, store, progress).await?;
+            image.reference = name;
+            anyhow::Ok(image)
+        }))
+        .buffered(opts.jobs.max(1))
+        .try_collect()
+        .await?;
+    Ok(Fetched {
+        binaries,
+        install_sh,
+        wanted,
+        pulled,
+    })
+}
+
 /// Records what an image resolved to in its lock entry.
 fn pin(entry: &mut LockedImage, image: &PulledImage) {
     entry.digest = Some(image.top.digest);
@@ -454,206 +475,117 @@ fn pin(entry: &mut LockedImage, image: &PulledImage) {
     }
 }
 
-struct AssembleInputs<'a> {
-    staging_root: &'a Path,
-    store: &'a BlobStore,
-    version: &'a str,
-    arches: &'a [String],
-    created: u64,
-    pulled: &'a [PulledImage],
-    wanted: &'a imageset::WantedImages,
-    /// (arch, staged path, digest, size) of each k3s binary.
-    binaries: &'a [(String, PathBuf, Digest, u64)],
-    install_sh: Option<&'a Path>,
-    manifest_files: &'a [PathBuf],
-    lock: &'a ImagesLock,
+/// The signed contents of the tar stream.
+struct Signed<'a> {
+    signature: &'a str,
+    sums: &'a str,
+    entries: &'a [StagedEntry],
+    stamp: TarStamp,
 }
 
-struct Staged {
-    meta: BundleMeta,
-    sums: Sums,
-    entries: Vec<StagedEntry>,
+/// What the write stage put at the output path.
+struct Written {
+    size: u64,
+    sha256: Digest,
+    /// The parts, when split.
+    parts: Vec<PathBuf>,
 }
 
-/// Hashes a staged file and describes it as a bundle entry.
-fn stage(path: &str, source: PathBuf, mode: u32) -> anyhow::Result<StagedEntry> {
-    let hashed = hash_file(&source).with_context(|| format!("hashing {}", source.display()))?;
-    Ok(StagedEntry {
-        path: path.to_string(),
-        source,
-        mode,
-        size: hashed.size,
-        digest: hashed.digest,
+/// The write stage: the tar stream into a temporary file beside `output`
+/// (or temporary parts), renamed into place only once complete. Runs on the
+/// caller's thread: it is file IO and compression, nothing to await.
+fn write_output(
+    output: &Path,
+    opts: &BuildOptions,
+    signed: &Signed<'_>,
+    progress: &SpaceWatch<'_>,
+) -> anyhow::Result<Written> {
+    if let Some(part_size) = opts.split {
+        let split = write_parts(output, part_size, opts.compression, signed, progress)
+            .with_context(|| format!("writing {} in parts", output.display()))?;
+        progress.writing_done();
+        return Ok(Written {
+            size: split.manifest.size,
+            sha256: split.manifest.sha256,
+            parts: split.parts,
+        });
+    }
+    let mut out =
+        AtomicFile::create(output).with_context(|| format!("creating {}", output.display()))?;
+    // The file's digest is taken from the bytes as they are written, not by
+    // reading the file back.
+    let file = HashingWriter::new(out.file().try_clone()?);
+    let writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    let written = tar(writer, opts.compression, signed, progress)
+        .and_then(|w| Ok(w.into_inner().map_err(|e| e.into_error())?.finish().1))
+        .with_context(|| format!("writing {}", output.display()))?;
+    progress.writing_done();
+    let size = out.file().metadata()?.len();
+    anyhow::ensure!(
+        size == written.size,
+        "{} holds {size} bytes, but {} were written",
+        output.display(),
+        written.size
+    );
+    out.commit()?;
+    Ok(Written {
+        size,
+        sha256: written.digest,
+        parts: Vec::new(),
     })
 }
 
-fn file_meta(entry: &StagedEntry, role: FileRole, arch: Option<&str>) -> FileMeta {
-    FileMeta {
-        path: entry.path.clone(),
-        size: entry.size,
-        mode: entry.mode,
-        role,
-        arch: arch.map(str::to_string),
-    }
+/// The tar stream in parts of at most `part_size` bytes, committed.
+fn write_parts(
+    output: &Path,
+    part_size: u64,
+    compression: Compression,
+    signed: &Signed<'_>,
+    progress: &SpaceWatch<'_>,
+) -> anyhow::Result<airgap_bundle::split::CommittedParts> {
+    let writer = SplitWriter::create(output, part_size)?;
+    let writer = std::io::BufWriter::with_capacity(1 << 20, writer);
+    tar(writer, compression, signed, progress)?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .finish()?
+        .commit()
 }
 
-/// Lays out the bundle's entries in v1 order and computes SHA256SUMS.
-fn assemble(inp: AssembleInputs<'_>) -> anyhow::Result<Staged> {
-    let mut files = Vec::new();
-    let mut entries = Vec::new();
-
-    // The lock as built, and the manifests.
-    let lock_path = inp.staging_root.join(LOCK_NAME);
-    std::fs::write(&lock_path, inp.lock.render())?;
-    let mut add = |entry: StagedEntry, role, arch: Option<&str>| {
-        files.push(file_meta(&entry, role, arch));
-        entries.push(entry);
-    };
-    add(stage(LOCK_NAME, lock_path, 0o644)?, FileRole::Lock, None);
-    for file in inp.manifest_files {
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("manifest {} has no UTF-8 name", file.display()))?;
-        let entry = stage(&format!("manifests/{name}"), file.clone(), 0o644)?;
-        add(entry, FileRole::Manifest, None);
-    }
-    if let Some(script) = inp.install_sh {
-        let entry = stage("scripts/install.sh", script.to_path_buf(), 0o755)?;
-        add(entry, FileRole::InstallScript, None);
-    }
-    for (arch, path, digest, size) in inp.binaries {
-        let entry = StagedEntry {
-            path: format!("bin/{arch}/k3s"),
-            source: path.clone(),
-            mode: 0o755,
-            size: *size,
-            digest: *digest,
-        };
-        add(entry, FileRole::K3sBinary, Some(arch));
-    }
-
-    // The image layout: every blob once; small documents before layers so an
-    // installer knows each image's shape before its layers stream by.
-    let mut images = Vec::new();
-    let mut index_entries = Vec::new();
-    let mut blob_sizes: BTreeMap<Digest, (u64, bool)> = BTreeMap::new();
-    let mut undeduplicated = 0u64;
-    for image in inp.pulled {
-        let mut platforms = Vec::new();
-        let mut image_blobs: BTreeSet<Digest> = BTreeSet::new();
-        let mut note = |d: &Descriptor, small: bool| {
-            blob_sizes.insert(d.digest, (d.size, small));
-        };
-        note(&image.top, true);
-        image_blobs.insert(image.top.digest);
-        for (platform, manifest_desc) in &image.platforms {
-            let manifest = read_manifest(inp.store, manifest_desc, &image.reference)?;
-            let mut blobs = vec![manifest_desc.digest];
-            let mut size = manifest_desc.size;
-            note(manifest_desc, true);
-            note(&manifest.config, true);
-            blobs.push(manifest.config.digest);
-            size += manifest.config.size;
-            for layer in &manifest.layers {
-                note(layer, false);
-                blobs.push(layer.digest);
-                size += layer.size;
-            }
-            image_blobs.extend(blobs.iter().copied());
-            platforms.push(PlatformMeta {
-                platform: platform.clone(),
-                digest: manifest_desc.digest,
-                size,
-                blobs,
-            });
-        }
-        undeduplicated += image_blobs
-            .iter()
-            .map(|d| blob_sizes.get(d).map_or(0, |s| s.0))
-            .sum::<u64>();
-        images.push(ImageMeta {
-            reference: image.reference.clone(),
-            digest: image.top.digest,
-            media_type: image.top.media_type.clone(),
-            size: image.top.size,
-            platforms,
-            sources: inp.wanted[&image.reference]
-                .iter()
-                .map(|s| s.as_str().to_string())
-                .collect(),
-        });
-        index_entries.push((image.reference.to_string(), image.top.clone()));
-    }
-    let layout_dir = inp.staging_root.join("images");
-    std::fs::create_dir_all(&layout_dir)?;
-    let oci_layout = layout_dir.join("oci-layout");
-    std::fs::write(&oci_layout, oci::OCI_LAYOUT_FILE)?;
-    let index_json = layout_dir.join("index.json");
-    std::fs::write(
-        &index_json,
-        serde_json::to_vec_pretty(&oci::layout_index(&index_entries))?,
-    )?;
-    let mut layout_entries = vec![
-        stage("images/oci-layout", oci_layout, 0o644)?,
-        stage("images/index.json", index_json, 0o644)?,
-    ];
-    let mut ordered: Vec<(&Digest, &(u64, bool))> = blob_sizes.iter().collect();
-    ordered.sort_by_key(|(d, (_, small))| (!*small, **d));
-    for (digest, (size, _)) in ordered {
-        layout_entries.push(StagedEntry {
-            path: format!("images/{}", digest.blob_path()),
-            source: inp.store.path(digest),
-            mode: 0o644,
-            size: *size,
-            digest: *digest,
-        });
-    }
-
-    let meta = BundleMeta {
-        schema: SCHEMA_VERSION,
-        k3s_version: inp.version.to_string(),
-        arches: inp.arches.to_vec(),
-        created: inp.created,
-        builder: format!("airgap {}", env!("CARGO_PKG_VERSION")),
-        images,
-        files: files.clone(),
-        totals: Totals {
-            blobs: blob_sizes.len() as u64,
-            blob_bytes: blob_sizes.values().map(|s| s.0).sum(),
-            image_bytes_undeduplicated: undeduplicated,
-            file_bytes: files.iter().map(|f| f.size).sum(),
-        },
-    };
-    let meta_path = inp.staging_root.join(META_NAME);
-    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta)?)?;
-    let mut all = vec![stage(META_NAME, meta_path, 0o644)?];
-    all.extend(entries);
-    all.extend(layout_entries);
-
-    let mut sums = Sums::new();
-    for entry in &all {
-        sums.push(&entry.path, entry.digest)?;
-    }
-    Ok(Staged {
-        meta,
-        sums,
-        entries: all,
-    })
+/// The tar stream of `signed` into `writer`, compressed as asked.
+fn tar<W: std::io::Write>(
+    writer: W,
+    compression: Compression,
+    signed: &Signed<'_>,
+    progress: &SpaceWatch<'_>,
+) -> anyhow::Result<W> {
+    let mut on_bytes = |n| progress.writing_advanced(n);
+    write_bundle(
+        writer,
+        signed.signature,
+        signed.sums,
+        signed.entries,
+        compression,
+        signed.stamp,
+        &mut on_bytes,
+    )
 }
 
-/// Reads an image manifest back from the store (already verified on pull).
-fn read_manifest(
-    store: &BlobStore,
-    desc: &Descriptor,
-    reference: &ImageRef,
-) -> anyhow::Result<oci::Manifest> {
-    let bytes = std::fs::read(store.path(&desc.digest))
-        .with_context(|| format!("reading manifest {} of {reference}", desc.digest))?;
-    match oci::AnyManifest::parse(&reference.to_string(), Some(&desc.media_type), &bytes)? {
-        oci::AnyManifest::Image(m) => Ok(m),
-        oci::AnyManifest::Index(_) => {
-            bail!("{reference}: nested index {} is not supported", desc.digest)
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_date_epoch_is_a_number_or_unset() {
+        assert_eq!(parse_source_date_epoch(None).unwrap(), None);
+        assert_eq!(
+            parse_source_date_epoch(Some("1700000000".into())).unwrap(),
+            Some(1_700_000_000)
+        );
+        let err = parse_source_date_epoch(Some("yesterday".into())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "SOURCE_DATE_EPOCH=\"yesterday\" is not a number"
+        );
     }
 }

@@ -25,6 +25,20 @@ pub fn default_dir() -> Option<PathBuf> {
     non_empty("HOME").map(|home| PathBuf::from(home).join(".cache").join("airgap"))
 }
 
+/// The cache a build uses: none with `no_cache`, else `explicit`
+/// (`--cache DIR`), else [`default_dir`]; an error when there is no default.
+pub fn choose(explicit: Option<PathBuf>, no_cache: bool) -> Result<Option<PathBuf>> {
+    if no_cache {
+        return Ok(None);
+    }
+    explicit
+        .or_else(default_dir)
+        .context(
+            "no cache directory: set XDG_CACHE_HOME or HOME, or pass --cache DIR or --no-cache",
+        )
+        .map(Some)
+}
+
 /// Opens the cache at `dir`, creating it.
 pub fn open(dir: &Path) -> Result<BlobStore> {
     std::fs::create_dir_all(dir.join("urls"))
@@ -68,6 +82,24 @@ pub fn download_path(store: &BlobStore, url: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chooses_the_cache() {
+        assert_eq!(choose(Some("/c".into()), true).unwrap(), None);
+        assert_eq!(choose(None, true).unwrap(), None);
+        assert_eq!(
+            choose(Some("/c".into()), false).unwrap(),
+            Some(PathBuf::from("/c"))
+        );
+        // Without --cache: the default, as default_dir finds it.
+        match default_dir() {
+            Some(dir) => assert_eq!(choose(None, false).unwrap(), Some(dir)),
+            None => assert!(choose(None, false)
+                .unwrap_err()
+                .to_string()
+                .contains("--cache DIR or --no-cache")),
+        }
+    }
 
     #[test]
     fn remembers_urls() {

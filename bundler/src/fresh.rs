@@ -21,10 +21,10 @@
 //! kept bundle keeps the time it was built at, which the report shows.
 //! `--rebuild` skips the check.
 
-use crate::build::BuildSummary;
 use crate::cache;
 use crate::release::ReleaseSource;
 use crate::store::BlobStore;
+use crate::summary::BuildSummary;
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::Digest;
 use airgap_bundle::split;

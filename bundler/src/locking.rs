@@ -21,8 +21,12 @@
 
 use crate::auth::Credentials;
 use crate::imageset::{self, Source, WantedImages};
-use crate::registry::{select, Puller, RegistryConfig};
-use crate::release::{self, error_chain, ReleaseSource};
+use crate::net;
+use crate::progress::NoProgress;
+use crate::registry::{
+    check_config_size, compatible, select, stored_config_platform, Puller, RegistryConfig,
+};
+use crate::release::{self, ReleaseSource};
 use crate::store::BlobStore;
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::Digest;
@@ -35,11 +39,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// Most bytes read of a release text asset (`k3s-images.txt`, checksums).
-const MAX_TEXT_ASSET: usize = 1 << 20;
-/// Largest image config read to learn a single-platform image's platform.
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
+use tokio::runtime::Handle;
 
 /// The checks `bundle build` runs before it downloads anything.
 #[derive(Debug, Clone, Copy, Default)]
@@ -220,51 +220,21 @@ pub fn check_locked(
     }
 }
 
-/// GETs a small text file, at most [`MAX_TEXT_ASSET`] bytes.
-async fn get_text(client: &reqwest::Client, url: &str) -> Result<String> {
-    let fail = |e: String| anyhow!("downloading {url}: {e}");
-    let mut response = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| fail(error_chain(&e)))?;
-    if !response.status().is_success() {
-        return Err(fail(format!("HTTP {}", response.status())));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| fail(error_chain(&e)))? {
-        if body.len() + chunk.len() > MAX_TEXT_ASSET {
-            return Err(fail(format!(
-                "more than the {MAX_TEXT_ASSET} bytes allowed"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| fail("not UTF-8 text".to_string()))
-}
-
-/// The k3s system images of `version` (its `k3s-images.txt`, checked against
-/// the release's `sha256sum-<arch>.txt` when that lists it), without the
-/// binaries: all `--locked` and `bundle lock` need from the release.
+/// The k3s system images of the full `version` (its `k3s-images.txt`,
+/// checked against the release's `sha256sum-<arch>.txt` when that lists it),
+/// without the binaries: all `--locked` and `bundle lock` need from the
+/// release. Fetched as `bundle build` fetches them
+/// (`release::fetch_image_list`), through `store`: what it holds (and
+/// still hashes right) is not fetched again.
 pub async fn fetch_k3s_images(
     client: &reqwest::Client,
     src: &ReleaseSource,
     version: &str,
     arch: &str,
+    store: &BlobStore,
 ) -> Result<Vec<ImageRef>> {
-    let sums_name = release::checksums_name(arch);
-    let sums_url = src.asset_url(version, &sums_name);
-    let sums = release::parse_sha256sums(&get_text(client, &sums_url).await?)
-        .with_context(|| format!("reading {sums_name} from {sums_url}"))?;
-    let url = src.asset_url(version, "k3s-images.txt");
-    let text = get_text(client, &url).await?;
-    if let Some(expected) = sums.get("k3s-images.txt") {
-        let found = Digest::of(text.as_bytes());
-        if &found != expected {
-            bail!("k3s-images.txt from {url}: sha256 {found}, but {sums_name} says {expected}");
-        }
-    }
-    release::parse_image_list(&text).with_context(|| format!("reading k3s-images.txt from {url}"))
+    let list = release::fetch_image_list(client, src, version, arch, store, &NoProgress).await?;
+    Ok(list.images)
 }
 
 /// What a tag resolves to now.
@@ -343,11 +313,7 @@ impl Resolver {
             AnyManifest::Image(manifest) => {
                 let found = self.config_platform(image, &manifest.config).await?;
                 for wanted in platforms {
-                    let fits = wanted.matches(&found)
-                        || (found.variant.is_none()
-                            && wanted.os == found.os
-                            && wanted.architecture == found.architecture);
-                    if !fits {
+                    if !compatible(wanted, &found) {
                         bail!("the image is for {found} only (it has no index), not {wanted}");
                     }
                     resolved.platforms.insert(platform_key(wanted), digest);
@@ -359,21 +325,14 @@ impl Resolver {
 
     /// The platform a lone manifest's config declares.
     async fn config_platform(&self, image: &ImageRef, config: &Descriptor) -> Result<Platform> {
-        if config.size > MAX_CONFIG_BYTES {
-            bail!(
-                "config {}: {} bytes is more than the {MAX_CONFIG_BYTES} a config may have",
-                config.digest,
-                config.size
-            );
-        }
+        let what = || format!("config {}", config.digest);
+        check_config_size(config).with_context(what)?;
         // Verified against its digest and size before it is kept.
         self.puller
             .fetch_blob(image, config, &self.store)
             .await
-            .with_context(|| format!("config {}", config.digest))?;
-        let bytes = std::fs::read(self.store.path(&config.digest))?;
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("config {}: no os and architecture", config.digest))
+            .with_context(what)?;
+        stored_config_platform(&self.store, config).with_context(what)
     }
 }
 
@@ -512,8 +471,10 @@ fn read_lock(path: &Path) -> Result<(ImagesLock, Option<String>)> {
 
 /// `airgap bundle lock`: resolves every wanted image's tag now and writes
 /// the lock (entries no longer wanted dropped), or with `check` reports the
-/// differences and leaves the file alone.
-pub async fn lock(opts: &LockOptions) -> Result<LockReport> {
+/// differences and leaves the file alone. The requests run on `handle`'s
+/// runtime, which must be multi-threaded (it drives their IO); call this
+/// from outside it.
+pub fn lock(opts: &LockOptions, handle: &Handle) -> Result<LockReport> {
     let version = release::resolve_version(&opts.version)?;
     let first_arch = opts.arches.first().context("no architecture given")?;
     let requested: Vec<Platform> = opts
@@ -528,13 +489,21 @@ pub async fn lock(opts: &LockOptions) -> Result<LockReport> {
     let (old, old_text) = read_lock(&opts.lock_path)?;
     let files = imageset::manifest_files(&opts.manifests_dir)?;
     let manifest_images = imageset::scan_manifests(&files)?;
-    let client = release::http_client()?;
-    let k3s_images = fetch_k3s_images(&client, &opts.release, &version, first_arch)
-        .await
+    let client = net::http_client()?;
+    let resolver = Resolver::new(opts.registry.clone())?;
+    // The release's listings are fetched afresh: into the resolver's
+    // scratch store, not a cache.
+    let k3s_images = handle
+        .block_on(fetch_k3s_images(
+            &client,
+            &opts.release,
+            &version,
+            first_arch,
+            &resolver.store,
+        ))
         .with_context(|| format!("fetching the system image list of k3s {version}"))?;
     let wanted = imageset::wanted_images(&old, &manifest_images, &k3s_images)?;
 
-    let resolver = Resolver::new(opts.registry.clone())?;
     let jobs: Vec<(ImageRef, Vec<Platform>)> = wanted
         .keys()
         .map(|reference| {
@@ -550,16 +519,17 @@ pub async fn lock(opts: &LockOptions) -> Result<LockReport> {
             (reference.clone(), platforms)
         })
         .collect();
-    let resolved: Vec<(ImageRef, Resolved)> = stream::iter(jobs.into_iter().map(|(r, p)| {
-        let resolver = &resolver;
-        async move {
-            let found = resolver.resolve(&r, &p).await?;
-            anyhow::Ok((r, found))
-        }
-    }))
-    .buffered(opts.jobs.max(1))
-    .try_collect()
-    .await?;
+    let resolved: Vec<(ImageRef, Resolved)> = handle.block_on(
+        stream::iter(jobs.into_iter().map(|(r, p)| {
+            let resolver = &resolver;
+            async move {
+                let found = resolver.resolve(&r, &p).await?;
+                anyhow::Ok((r, found))
+            }
+        }))
+        .buffered(opts.jobs.max(1))
+        .try_collect(),
+    )?;
 
     let mut new = ImagesLock {
         version: LOCK_VERSION,

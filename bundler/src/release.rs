@@ -16,40 +16,20 @@ use crate::cache;
 use crate::progress::Progress;
 use crate::store::{BlobStore, BlobWriter};
 use airgap_bundle::digest::Digest;
+use airgap_bundle::error;
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Where GitHub serves k3s release assets.
 pub const GITHUB_RELEASES: &str = "https://github.com/k3s-io/k3s/releases/download";
 /// Where GitHub serves files of the k3s source tree at a tag.
 pub const GITHUB_RAW: &str = "https://raw.githubusercontent.com/k3s-io/k3s";
-/// `User-Agent` of every request this crate makes.
-pub const USER_AGENT: &str = concat!("airgap/", env!("CARGO_PKG_VERSION"));
 
-/// Largest checksum list, image list or install script accepted.
-const MAX_TEXT_ASSET: u64 = 4 << 20;
-
-/// Installs rustls's ring provider as the process default, once; the
-/// workspace builds reqwest without one so that only ring is linked.
-pub fn install_tls_provider() {
-    // An error means a provider is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// The HTTP client for release downloads: rustls over ring, with timeouts on
-/// connecting and on each read (a stalled server fails, a slow one does not).
-pub fn http_client() -> Result<reqwest::Client> {
-    install_tls_provider();
-    reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120))
-        .build()
-        .context("creating the HTTP client")
-}
+/// Largest checksum list, image list or install script accepted, by `bundle
+/// build` and `bundle lock` alike.
+pub(crate) const MAX_TEXT_ASSET: u64 = 4 << 20;
 
 /// The full k3s version for what a user typed: `v1.20.6` and `1.20.6` are
 /// `v1.20.6+k3s1`; `v1.20.6+k3s2` (and pre-releases such as
@@ -237,6 +217,84 @@ pub fn parse_image_list(text: &str) -> Result<Vec<ImageRef>> {
         .collect()
 }
 
+/// A release's checksum listing and system image list for one architecture.
+pub(crate) struct ImageList {
+    /// `sha256sum-<arch>.txt`, as fetched.
+    pub checksums: Asset,
+    /// What it lists, by file name.
+    pub sums: BTreeMap<String, Digest>,
+    /// `k3s-images.txt`, checked against its line in the listing when it
+    /// has one.
+    pub images_list: Asset,
+    /// The system images `k3s-images.txt` names.
+    pub images: Vec<ImageRef>,
+}
+
+/// One text file of the release (at most [`MAX_TEXT_ASSET`] bytes) through
+/// the cache: `expected`, when known, is the digest it must have.
+async fn fetch_text_asset(
+    client: &reqwest::Client,
+    store: &BlobStore,
+    name: &str,
+    url: String,
+    expected: Option<Digest>,
+    progress: &dyn Progress,
+) -> Result<Asset> {
+    let target = Target {
+        name: name.to_string(),
+        url,
+        dest: PathBuf::new(),
+        expected,
+        limit: Some(MAX_TEXT_ASSET),
+    };
+    fetch_cached(client, store, target, progress).await
+}
+
+/// Fetches the checksum listing of the full `version` for `arch`, then
+/// `k3s-images.txt`, into the cache `store` (unless it has them): all that
+/// `bundle lock` and `--locked` need of a release, and the first steps of
+/// [`fetch_release`].
+pub(crate) async fn fetch_image_list(
+    client: &reqwest::Client,
+    src: &ReleaseSource,
+    version: &str,
+    arch: &str,
+    store: &BlobStore,
+    progress: &dyn Progress,
+) -> Result<ImageList> {
+    let sums_name = checksums_name(arch);
+    let checksums = fetch_text_asset(
+        client,
+        store,
+        &sums_name,
+        src.asset_url(version, &sums_name),
+        None,
+        progress,
+    )
+    .await?;
+    let sums = read_text(&checksums)
+        .and_then(|text| parse_sha256sums(&text))
+        .with_context(|| format!("reading {} from {}", checksums.name, checksums.url))?;
+    let images_list = fetch_text_asset(
+        client,
+        store,
+        "k3s-images.txt",
+        src.asset_url(version, "k3s-images.txt"),
+        sums.get("k3s-images.txt").copied(),
+        progress,
+    )
+    .await?;
+    let images = read_text(&images_list)
+        .and_then(|text| parse_image_list(&text))
+        .with_context(|| format!("reading {} from {}", images_list.name, images_list.url))?;
+    Ok(ImageList {
+        checksums,
+        sums,
+        images_list,
+        images,
+    })
+}
+
 /// Fetches the k3s release `version` for `arch` into the cache `store`
 /// (unless it has them): the checksum list first, then `k3s-images.txt`,
 /// `install.sh` and the binary, each streamed to a temporary file and
@@ -252,62 +310,40 @@ pub async fn fetch_release(
     let version = resolve_version(version)?;
     let arch = if arch == "armhf" { "arm" } else { arch };
     let binary_name = k3s_asset_name(arch)?;
-    let fetch = |name: &str, url: String, expected: Option<Digest>, limit: Option<u64>| {
-        let target = Target {
-            name: name.to_string(),
-            url,
-            dest: PathBuf::new(),
-            expected,
-            limit,
-        };
-        fetch_cached(client, store, target, progress)
-    };
+    let ImageList {
+        checksums,
+        sums,
+        images_list,
+        images,
+    } = fetch_image_list(client, src, &version, arch, store, progress).await?;
 
-    let sums_name = checksums_name(arch);
-    let checksums = fetch(
-        &sums_name,
-        src.asset_url(&version, &sums_name),
-        None,
-        Some(MAX_TEXT_ASSET),
-    )
-    .await?;
-    let sums = read_text(&checksums)
-        .and_then(|text| parse_sha256sums(&text))
-        .with_context(|| format!("reading {} from {}", checksums.name, checksums.url))?;
-
-    let images_list = fetch(
-        "k3s-images.txt",
-        src.asset_url(&version, "k3s-images.txt"),
-        sums.get("k3s-images.txt").copied(),
-        Some(MAX_TEXT_ASSET),
-    )
-    .await?;
-    let images = read_text(&images_list)
-        .and_then(|text| parse_image_list(&text))
-        .with_context(|| format!("reading {} from {}", images_list.name, images_list.url))?;
-
-    let install_sh = fetch(
+    let install_sh = fetch_text_asset(
+        client,
+        store,
         "install.sh",
         src.install_sh_url(&version),
         sums.get("install.sh").copied(),
-        Some(MAX_TEXT_ASSET),
+        progress,
     )
     .await?;
 
+    let sums_name = checksums_name(arch);
     let expected = *sums.get(binary_name).ok_or_else(|| {
         anyhow!(
             "{sums_name} from {} has no line for {binary_name}",
             checksums.url
         )
     })?;
-    let binary = fetch(
-        binary_name,
-        src.asset_url(&version, binary_name),
-        Some(expected),
-        None,
-    )
-    .await
-    .with_context(|| format!("{binary_name} does not match its line in {sums_name}"))?;
+    let target = Target {
+        name: binary_name.to_string(),
+        url: src.asset_url(&version, binary_name),
+        dest: PathBuf::new(),
+        expected: Some(expected),
+        limit: None,
+    };
+    let binary = fetch_cached(client, store, target, progress)
+        .await
+        .with_context(|| format!("{binary_name} does not match its line in {sums_name}"))?;
 
     Ok(ReleaseAssets {
         version,
@@ -397,7 +433,7 @@ async fn download(
         .get(&url)
         .send()
         .await
-        .map_err(|e| fail(anyhow!(error_chain(&e))))?;
+        .map_err(|e| fail(anyhow!(error::chain(&e))))?;
     let status = response.status();
     if !status.is_success() {
         return Err(fail(anyhow!("HTTP {status}")));
@@ -417,7 +453,7 @@ async fn download(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| fail(anyhow!(error_chain(&e))))?
+        .map_err(|e| fail(anyhow!(error::chain(&e))))?
     {
         if limit.is_some_and(|limit| writer.written() + chunk.len() as u64 > limit) {
             return Err(fail(anyhow!(
@@ -437,22 +473,6 @@ async fn download(
         digest: hashed.digest,
         size: hashed.size,
     })
-}
-
-/// An error with its causes on one line (reqwest's own message only says
-/// which request failed; the cause says why).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

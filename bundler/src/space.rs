@@ -2,7 +2,7 @@
 //! fetch stage's progress on while it tallies what the downloads under way
 //! still need, and the build tells it which stage writes where and how much.
 //! Any error a full file system caused then becomes one
-//! "no space left on <dir>, needed N more" naming the directory and the file.
+//! `no space left on <dir>, needed N more` naming the directory and the file.
 //!
 //! A full download cache fails the build (it does not fall back to no cache,
 //! which would need the same space again, in the output's directory): the

@@ -28,8 +28,47 @@ pub struct UsbOptions {
     pub split: Option<u64>,
     /// The key the bundle must verify with, written to the stick.
     pub public_key: PublicKey,
-    /// File name of the key on the stick (`site.pub`).
+    /// File name of the key on the stick (`site.pub`): the constructors
+    /// name it after the key file with [`sign::public_key_name`].
     pub key_name: String,
+}
+
+impl UsbOptions {
+    /// For `bundle export`: the public key in `key_file`, which the bundle
+    /// must verify with, on the stick as `<key file's stem>.pub`.
+    pub fn from_public_key_file(
+        dir: PathBuf,
+        split: Option<u64>,
+        key_file: &Path,
+    ) -> anyhow::Result<UsbOptions> {
+        Ok(UsbOptions {
+            dir,
+            split,
+            public_key: sign::load_public_key(key_file)?,
+            key_name: sign::public_key_name(key_file),
+        })
+    }
+
+    /// For `bundle build --usb`: the public key of the secret key in
+    /// `secret_key_file` (read now, so that a wrong password fails before the
+    /// build), on the stick as `<key file's stem>.pub` (`site.key` gives
+    /// `site.pub`).
+    pub fn from_secret_key_file(
+        dir: PathBuf,
+        split: Option<u64>,
+        secret_key_file: &Path,
+        password: Option<String>,
+    ) -> anyhow::Result<UsbOptions> {
+        let secret_key = sign::load_secret_key(secret_key_file, password)?;
+        let public_key = PublicKey::from_secret_key(&secret_key)
+            .map_err(|e| anyhow::anyhow!("deriving the public key: {e}"))?;
+        Ok(UsbOptions {
+            dir,
+            split,
+            public_key,
+            key_name: sign::public_key_name(secret_key_file),
+        })
+    }
 }
 
 /// What [`write_stick`] wrote.
@@ -486,6 +525,23 @@ mod tests {
         // Mounted over: the later mount hides the earlier one.
         assert_eq!(at("/media/usb").as_deref(), Some("exfat"));
         assert!(is_fat("fuse.fusefat") && is_fat("vfat") && !is_fat("exfat"));
+    }
+
+    #[test]
+    fn either_key_file_names_the_same_key_on_the_stick() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = sign::generate(None).unwrap();
+        let (sk, pk) = (dir.path().join("site.key"), dir.path().join("site.pub"));
+        std::fs::write(&sk, &keys.secret_key_file).unwrap();
+        std::fs::write(&pk, &keys.public_key_file).unwrap();
+        let stick = dir.path().join("stick");
+        let built = UsbOptions::from_secret_key_file(stick.clone(), None, &sk, None).unwrap();
+        let exported = UsbOptions::from_public_key_file(stick, Some(1 << 20), &pk).unwrap();
+        assert_eq!(built.key_name, "site.pub");
+        assert_eq!(exported.key_name, "site.pub");
+        assert_eq!(exported.split, Some(1 << 20));
+        assert_eq!(sign::public_key_id(&built.public_key), keys.key_id);
+        assert_eq!(sign::public_key_id(&exported.public_key), keys.key_id);
     }
 
     #[test]

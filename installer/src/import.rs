@@ -255,20 +255,6 @@ pub(crate) async fn wait_for_containerd(
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
-}
-
 /// containerd's rule for namespace names and other identifiers.
 fn check_identifier(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -318,7 +304,7 @@ impl Importer {
                     opts.timeout
                 )))
             }
-            Ok(Err(e)) => return Err(not_running(error_chain(&e))),
+            Ok(Err(e)) => return Err(not_running(airgap_bundle::error::chain(&e))),
             Ok(Ok(channel)) => channel,
         };
         let version = match tokio::time::timeout(

@@ -8,6 +8,7 @@ use airgap_bundle::read::{read_header, EntrySink, Trust};
 use airgap_bundle::sign;
 use airgap_bundle::source::open_bundle;
 use airgap_bundler::build::{build, BuildOptions};
+use airgap_bundler::locking::BuildChecks;
 use airgap_bundler::progress::NoProgress;
 use airgap_bundler::registry::RegistryConfig;
 use airgap_bundler::release::ReleaseSource;
@@ -84,7 +85,8 @@ fn build_fixture() -> anyhow::Result<Fixture> {
         cache: None,
         rebuild: false,
     };
-    tokio::runtime::Runtime::new()?.block_on(build(&opts, &NoProgress))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    build(&opts, &BuildChecks::default(), &NoProgress, rt.handle())?;
     let public_key = dir.join("site.pub");
     let trust = Trust::Key(sign::load_public_key(&public_key)?);
     let meta = read_header(open_bundle(&bundle)?, &trust)?.meta;

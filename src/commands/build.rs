@@ -12,7 +12,8 @@ use tokio::runtime::Handle;
 pub fn build(args: BuildArgs, handle: &Handle) -> anyhow::Result<()> {
     let key_password = key_password(&args.password, &args.sign_key.display().to_string(), false)?;
     let usb = match &args.usb {
-        Some(dir) => Some(airgap_bundler::usb::UsbOptions::for_signing_key(
+        // The stick's key comes from the signing key, checked before the build.
+        Some(dir) => Some(airgap_bundler::usb::UsbOptions::from_secret_key_file(
             dir.clone(),
             args.split,
             &args.sign_key,

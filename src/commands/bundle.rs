@@ -16,20 +16,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let public_key = load_public_key(&args.key)?;
-    let key_name = args
-        .key
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "site.pub".into());
-    let stick = airgap_bundler::usb::write_stick(
-        &args.bundle,
-        &airgap_bundler::usb::UsbOptions {
-            dir: args.usb,
-            split: args.split,
-            public_key,
-            key_name,
-        },
-    )?;
+    let usb = airgap_bundler::usb::UsbOptions::from_public_key_file(args.usb, args.split, &args.key)?;
+    let stick = airgap_bundler::usb::write_stick(&args.bundle, &usb)?;
     super::print_result(&stick, args.json)
 }
