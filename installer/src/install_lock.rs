@@ -31,18 +31,18 @@ impl InstallLock {
     /// Takes the lock for `root`, waiting while another install holds it.
     pub fn acquire(root: &crate::root::HostRoot) -> anyhow::Result<Self> {
         let key = Digest::of(root.root().as_os_str().as_encoded_bytes()).hex();
-        Self::acquire_in(&lock_dir(), &key[..16], &root.root().display().to_string(), WAIT)
+        Self::acquire_in(
+            &lock_dir(),
+            &key[..16],
+            &root.root().display().to_string(),
+            WAIT,
+        )
     }
 
     /// Takes lock `name` in `dir` (made 0700 when missing, refused unless it
     /// is a directory of ours that only we can write); `what` names the
     /// root in messages.
-    pub fn acquire_in(
-        dir: &Path,
-        name: &str,
-        what: &str,
-        wait: Duration,
-    ) -> anyhow::Result<Self> {
+    pub fn acquire_in(dir: &Path, name: &str, what: &str, wait: Duration) -> anyhow::Result<Self> {
         private_dir(dir)?;
         let path = dir.join(format!("install-{name}.lock"));
         let mut file = std::fs::OpenOptions::new()
@@ -54,7 +54,10 @@ impl InstallLock {
             .custom_flags((OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32)
             .open(&path)
             .with_context(|| {
-                format!("opening lock file {} (it must not be a link)", path.display())
+                format!(
+                    "opening lock file {} (it must not be a link)",
+                    path.display()
+                )
             })?;
         if file.try_lock().is_err() {
             let holder = holder(&mut file);
@@ -90,10 +93,9 @@ fn lock_dir() -> PathBuf {
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("airgap"),
-        None => std::env::temp_dir().join(format!(
-            "airgap-{}",
-            rustix::process::geteuid().as_raw()
-        )),
+        None => {
+            std::env::temp_dir().join(format!("airgap-{}", rustix::process::geteuid().as_raw()))
+        }
     }
 }
 
@@ -161,11 +163,16 @@ mod tests {
     fn a_link_in_place_of_the_lock_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let locks = dir.path().join("locks");
-        std::fs::DirBuilder::new().mode(0o700).create(&locks).unwrap();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&locks)
+            .unwrap();
         let target = dir.path().join("elsewhere");
         std::fs::write(&target, "").unwrap();
         std::os::unix::fs::symlink(&target, locks.join("install-k.lock")).unwrap();
-        let err = InstallLock::acquire_in(&locks, "k", "/", WAIT).err().unwrap();
+        let err = InstallLock::acquire_in(&locks, "k", "/", WAIT)
+            .err()
+            .unwrap();
         assert!(format!("{err:#}").contains("must not be a link"), "{err:#}");
     }
 
@@ -173,14 +180,21 @@ mod tests {
     fn a_lock_directory_others_can_write_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let locks = dir.path().join("locks");
-        std::fs::DirBuilder::new().mode(0o777).create(&locks).unwrap();
+        std::fs::DirBuilder::new()
+            .mode(0o777)
+            .create(&locks)
+            .unwrap();
         std::fs::set_permissions(&locks, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        let err = InstallLock::acquire_in(&locks, "k", "/", WAIT).err().unwrap();
+        let err = InstallLock::acquire_in(&locks, "k", "/", WAIT)
+            .err()
+            .unwrap();
         assert!(format!("{err:#}").contains("writable by others"), "{err:#}");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(dir.path(), &link).unwrap();
-        let err = InstallLock::acquire_in(&link, "k", "/", WAIT).err().unwrap();
+        let err = InstallLock::acquire_in(&link, "k", "/", WAIT)
+            .err()
+            .unwrap();
         assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
     }
 
@@ -193,7 +207,10 @@ mod tests {
             .err()
             .unwrap();
         let msg = format!("{err:#}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains("/r"), "{msg}");
         drop(first);
         InstallLock::acquire_in(&locks, "k", "/r", Duration::from_millis(300)).unwrap();

@@ -16,7 +16,8 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let usb = airgap_bundler::usb::UsbOptions::from_public_key_file(args.usb, args.split, &args.key)?;
+    let usb =
+        airgap_bundler::usb::UsbOptions::from_public_key_file(args.usb, args.split, &args.key)?;
     let stick = airgap_bundler::usb::write_stick(&args.bundle, &usb)?;
     super::print_result(&stick, args.json)
 }

@@ -21,20 +21,56 @@ fn help_is(args: &[&str], expected: snapbox::Data) {
 #[test]
 fn help_pages_match_their_snapshots() {
     help_is(&["--help"], snapbox::file!["snapshots/help.txt"]);
-    help_is(&["bundle", "--help"], snapbox::file!["snapshots/bundle.txt"]);
-    help_is(&["bundle", "build", "--help"], snapbox::file!["snapshots/bundle-build.txt"]);
-    help_is(&["bundle", "verify", "--help"], snapbox::file!["snapshots/bundle-verify.txt"]);
-    help_is(&["bundle", "inspect", "--help"], snapbox::file!["snapshots/bundle-inspect.txt"]);
-    help_is(&["bundle", "lock", "--help"], snapbox::file!["snapshots/bundle-lock.txt"]);
-    help_is(&["bundle", "lint", "--help"], snapbox::file!["snapshots/bundle-lint.txt"]);
-    help_is(&["bundle", "export", "--help"], snapbox::file!["snapshots/bundle-export.txt"]);
-    help_is(&["keygen", "--help"], snapbox::file!["snapshots/keygen.txt"]);
-    help_is(&["install", "--help"], snapbox::file!["snapshots/install.txt"]);
+    help_is(
+        &["bundle", "--help"],
+        snapbox::file!["snapshots/bundle.txt"],
+    );
+    help_is(
+        &["bundle", "build", "--help"],
+        snapbox::file!["snapshots/bundle-build.txt"],
+    );
+    help_is(
+        &["bundle", "verify", "--help"],
+        snapbox::file!["snapshots/bundle-verify.txt"],
+    );
+    help_is(
+        &["bundle", "inspect", "--help"],
+        snapbox::file!["snapshots/bundle-inspect.txt"],
+    );
+    help_is(
+        &["bundle", "lock", "--help"],
+        snapbox::file!["snapshots/bundle-lock.txt"],
+    );
+    help_is(
+        &["bundle", "lint", "--help"],
+        snapbox::file!["snapshots/bundle-lint.txt"],
+    );
+    help_is(
+        &["bundle", "export", "--help"],
+        snapbox::file!["snapshots/bundle-export.txt"],
+    );
+    help_is(
+        &["keygen", "--help"],
+        snapbox::file!["snapshots/keygen.txt"],
+    );
+    help_is(
+        &["install", "--help"],
+        snapbox::file!["snapshots/install.txt"],
+    );
     help_is(&["token", "--help"], snapbox::file!["snapshots/token.txt"]);
-    help_is(&["status", "--help"], snapbox::file!["snapshots/status.txt"]);
-    help_is(&["uninstall", "--help"], snapbox::file!["snapshots/uninstall.txt"]);
+    help_is(
+        &["status", "--help"],
+        snapbox::file!["snapshots/status.txt"],
+    );
+    help_is(
+        &["uninstall", "--help"],
+        snapbox::file!["snapshots/uninstall.txt"],
+    );
     // `help CMD` is the same page.
-    help_is(&["help", "bundle", "build"], snapbox::file!["snapshots/bundle-build.txt"]);
+    help_is(
+        &["help", "bundle", "build"],
+        snapbox::file!["snapshots/bundle-build.txt"],
+    );
 }
 
 #[test]

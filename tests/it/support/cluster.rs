@@ -24,7 +24,6 @@ pub const SUBNET: &str = "192.168.40";
 pub const NODE_TOKEN: &str = "/var/lib/rancher/k3s/server/node-token";
 pub const SERVER_CA: &str = "/var/lib/rancher/k3s/server/tls/server-ca.crt";
 pub const GUESTBOOK: &str = "/var/lib/rancher/k3s/server/manifests/guestbook.yaml";
-pub const RECORD: &str = "/var/lib/rancher/k3s/airgap/install.json";
 /// How long one `airgap` run in a host may take.
 pub const AIRGAP_TIMEOUT: Duration = Duration::from_secs(180);
 

@@ -323,7 +323,6 @@ pub fn no_start_server_args(cd: &Containerd, port: u16) -> Vec<String> {
 /// built it (whose registry and release server are gone by then), with the
 /// key that signed it and another key pair.
 pub struct BundleFixture {
-    pub dir: PathBuf,
     pub bundle: PathBuf,
     /// `site.pub`, the key the bundle is signed with.
     pub pub_key: PathBuf,
@@ -352,7 +351,6 @@ impl BundleFixture {
         let other_key = copy(&other_key, "other.key");
         let meta = bundle_meta(&bundle, &pub_key);
         BundleFixture {
-            dir: dir.to_path_buf(),
             bundle,
             pub_key,
             other_key,

@@ -2,9 +2,7 @@
 //! bundle as the build wrote them, copies of them to tamper with (drop one,
 //! swap two, flip a byte), and the stick's files.
 
-use super::{airgap, run};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 /// `BASE.part000`, `BASE.part001`, … that exist, in order.
 pub fn parts(base: &Path) -> Vec<PathBuf> {
@@ -47,15 +45,6 @@ pub fn flip_middle_byte(path: &Path) {
     let i = bytes.len() / 2;
     bytes[i] ^= 0x55;
     std::fs::write(path, bytes).unwrap();
-}
-
-/// `airgap bundle verify BUNDLE --key KEY`.
-pub fn verify(bundle: &Path, key: &Path) -> Output {
-    run(airgap()
-        .args(["bundle", "verify"])
-        .arg(bundle)
-        .arg("--key")
-        .arg(key))
 }
 
 /// Concatenates the parts of `base` (what `cat base.part* > base` gives).
