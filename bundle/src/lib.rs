@@ -13,7 +13,7 @@ pub mod digest;
 pub mod error;
 pub mod inspect;
 pub mod keyfile;
-pub mod lock;
+pub mod images_lock;
 pub mod meta;
 pub mod oci;
 pub mod path;

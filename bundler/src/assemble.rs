@@ -11,7 +11,7 @@ use crate::imageset;
 use crate::registry::PulledImage;
 use crate::store::BlobStore;
 use airgap_bundle::digest::{hash_file, Digest};
-use airgap_bundle::lock::{ImagesLock, LOCK_NAME};
+use airgap_bundle::images_lock::{ImagesLock, LOCK_NAME};
 use airgap_bundle::meta::{
     BundleMeta, FileMeta, FileRole, ImageMeta, PlatformMeta, Totals, META_NAME, SCHEMA_VERSION,
 };

@@ -15,7 +15,7 @@ use crate::assemble::{assemble, AssembleInputs};
 use crate::fresh;
 use crate::imageset::{self, Source, WantedImages};
 use crate::lint::{self, LintOptions, Severity};
-use crate::locking::{self, BuildChecks};
+use crate::pins::{self, BuildChecks};
 use crate::net;
 use crate::progress::Progress;
 use crate::registry::{PulledImage, Puller, RegistryConfig};
@@ -25,7 +25,7 @@ use crate::store::BlobStore;
 use crate::summary::{BuildSummary, ImageSummary};
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::{Digest, HashingWriter};
-use airgap_bundle::lock::{ImagesLock, LockedImage, LOCK_NAME};
+use airgap_bundle::images_lock::{ImagesLock, LockedImage, LOCK_NAME};
 use airgap_bundle::meta::SCHEMA_VERSION;
 use airgap_bundle::oci::Platform;
 use airgap_bundle::reference::ImageRef;
@@ -372,7 +372,7 @@ fn check_locked(
     let store = BlobStore::open(scratch.path())?;
     let client = net::http_client()?;
     let k3s = handle
-        .block_on(locking::fetch_k3s_images(
+        .block_on(pins::fetch_k3s_images(
             &client,
             &opts.release,
             version,
@@ -381,7 +381,7 @@ fn check_locked(
         ))
         .with_context(|| format!("fetching the system image list of k3s {version}"))?;
     let wanted = imageset::wanted_images(lock, manifest_images, &k3s)?;
-    locking::check_locked(lock, &wanted, platforms)?;
+    pins::check_locked(lock, &wanted, platforms)?;
     Ok(())
 }
 

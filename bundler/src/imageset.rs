@@ -8,7 +8,7 @@
 //! Manifests are parsed into a small tree that keeps line numbers, so that a
 //! finding names the file, the document, the container and the line.
 
-use airgap_bundle::lock::ImagesLock;
+use airgap_bundle::images_lock::ImagesLock;
 use airgap_bundle::reference::ImageRef;
 use anyhow::Context as _;
 use std::collections::BTreeMap;

@@ -13,7 +13,7 @@ pub mod cache;
 pub mod fresh;
 pub mod imageset;
 pub mod lint;
-pub mod locking;
+pub mod pins;
 pub mod net;
 pub mod progress;
 pub mod registry;

@@ -9,7 +9,7 @@
 //! Each finding names the file, line, document, workload and container.
 
 use crate::imageset::ManifestImage;
-use airgap_bundle::lock::{ImagesLock, LOCK_NAME, LOCK_VERSION};
+use airgap_bundle::images_lock::{ImagesLock, LOCK_NAME, LOCK_VERSION};
 use airgap_bundle::reference::ImageRef;
 use anyhow::Context as _;
 use serde::Serialize;

@@ -2,7 +2,7 @@
 //! parses again.
 #![no_main]
 
-use airgap_bundle::lock::ImagesLock;
+use airgap_bundle::images_lock::ImagesLock;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

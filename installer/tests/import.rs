@@ -8,7 +8,7 @@ use airgap_bundle::read::{read_header, EntrySink, Trust};
 use airgap_bundle::sign;
 use airgap_bundle::source::open_bundle;
 use airgap_bundler::build::{build, BuildOptions};
-use airgap_bundler::locking::BuildChecks;
+use airgap_bundler::pins::BuildChecks;
 use airgap_bundler::progress::NoProgress;
 use airgap_bundler::registry::RegistryConfig;
 use airgap_bundler::release::ReleaseSource;

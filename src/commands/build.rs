@@ -45,7 +45,7 @@ pub fn build(args: BuildArgs, handle: &Handle) -> anyhow::Result<()> {
         source_date_epoch: airgap_bundler::build::source_date_epoch_from_env()?,
         rebuild: args.rebuild,
     };
-    let checks = airgap_bundler::locking::BuildChecks {
+    let checks = airgap_bundler::pins::BuildChecks {
         locked: args.locked,
         allow_latest: args.allow_latest,
     };
@@ -71,7 +71,7 @@ pub fn build(args: BuildArgs, handle: &Handle) -> anyhow::Result<()> {
 }
 
 pub fn lock(args: LockArgs, handle: &Handle) -> anyhow::Result<()> {
-    let opts = airgap_bundler::locking::LockOptions {
+    let opts = airgap_bundler::pins::LockOptions {
         version: args.version,
         arches: arches(&args.arch),
         release: ReleaseSource {
@@ -85,7 +85,7 @@ pub fn lock(args: LockArgs, handle: &Handle) -> anyhow::Result<()> {
         check: args.check,
         jobs: args.jobs as usize,
     };
-    let report = airgap_bundler::locking::lock(&opts, handle)?;
+    let report = airgap_bundler::pins::lock(&opts, handle)?;
     super::print_result(&report, args.json)?;
     if report.check && !report.changes.is_empty() {
         bail!(

@@ -30,7 +30,7 @@ use crate::release::{self, ReleaseSource};
 use crate::store::BlobStore;
 use airgap_bundle::atomic::AtomicFile;
 use airgap_bundle::digest::Digest;
-use airgap_bundle::lock::{ImagesLock, LockedImage, LOCK_NAME, LOCK_VERSION};
+use airgap_bundle::images_lock::{ImagesLock, LockedImage, LOCK_NAME, LOCK_VERSION};
 use airgap_bundle::oci::{AnyManifest, Descriptor, Platform};
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
