@@ -11,9 +11,9 @@
 pub mod atomic;
 pub mod digest;
 pub mod error;
+pub mod images_lock;
 pub mod inspect;
 pub mod keyfile;
-pub mod images_lock;
 pub mod meta;
 pub mod oci;
 pub mod path;

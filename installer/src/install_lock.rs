@@ -62,14 +62,14 @@ impl InstallLock {
         if file.try_lock().is_err() {
             let holder = holder(&mut file);
             eprintln!(
-                "another airgap install{holder} is running on {what}; waiting for it (lock {})",
+                "another airgap install is running on {what}{holder}; waiting for it (lock {})",
                 path.display()
             );
             let start = Instant::now();
             while file.try_lock().is_err() {
                 if start.elapsed() >= wait {
                     bail!(
-                        "another airgap install{} has held the lock on {what} for {} s; gave up waiting (lock {})",
+                        "another airgap install has held the lock on {what}{} for {} s; gave up waiting (lock {})",
                         holder_or(&mut file, holder),
                         wait.as_secs(),
                         path.display()

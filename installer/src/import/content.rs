@@ -518,7 +518,7 @@ impl Importer {
     /// Holds a resource (`content` or `snapshots/<snapshotter>`) with the lease.
     pub(crate) async fn lease_resource(&self, kind: &str, id: &str) -> Result<()> {
         let lease = self.require_lease()?.to_string();
-        super::LeasesClient::new(self.channel())
+        containerd_client::services::v1::leases_client::LeasesClient::new(self.channel())
             .add_resource(self.request(AddResourceRequest {
                 id: lease,
                 resource: Some(Resource {
