@@ -18,6 +18,7 @@ mod hostile;
 mod images;
 mod install;
 mod lock_lint;
+mod plan;
 mod secrets;
 mod split_usb;
 mod standard_tools;
