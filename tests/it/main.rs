@@ -22,4 +22,5 @@ mod plan;
 mod secrets;
 mod split_usb;
 mod standard_tools;
+mod trust;
 mod verify;
