@@ -318,6 +318,10 @@ pub struct InstallArgs {
     /// Print the plan (files, images, units, commands) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Install even when the bundle is older than the installed one (an
+    /// older k3s version, or the same one built earlier).
+    #[arg(long)]
+    pub allow_downgrade: bool,
     /// Seconds to wait for k3s to become ready.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub wait: u64,

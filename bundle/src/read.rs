@@ -319,6 +319,9 @@ fn read<R: Read>(
     .verify(META_NAME, expected, None)?;
     let meta = BundleMeta::parse(&meta_bytes)?;
     check_meta_against_sums(&meta, &sums)?;
+    if let Some(comment) = &trusted_comment {
+        check_meta_against_comment(&meta, &sums_digest, comment)?;
+    }
     let header = Header {
         trusted_comment,
         sums,
@@ -539,6 +542,72 @@ fn kind_name(kind: tar::EntryType) -> &'static str {
 /// `bundle.json` may only describe what `SHA256SUMS` lists: every blob of
 /// every image and every file must be there, so a consumer planning from
 /// `bundle.json` never waits for an entry that cannot come.
+/// The signature's trusted comment names the bundle it signs (`airgap
+/// bundle k3s=V arch=A,B created=T sums=sha256:…`): `bundle.json` must say
+/// the same, so an old signed `SHA256SUMS` cannot be passed off with
+/// another version's or build time's `bundle.json`, and the comment a user
+/// is shown is the bundle's.
+fn check_meta_against_comment(
+    meta: &BundleMeta,
+    sums_digest: &Digest,
+    comment: &str,
+) -> anyhow::Result<()> {
+    check_comment(
+        comment,
+        sums_digest,
+        &meta.k3s_version,
+        &meta.arches,
+        meta.created,
+    )
+}
+
+fn check_comment(
+    comment: &str,
+    sums_digest: &Digest,
+    k3s_version: &str,
+    arches: &[String],
+    created: u64,
+) -> anyhow::Result<()> {
+    let field = |key: &str| {
+        comment
+            .strip_prefix("airgap bundle ")?
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    };
+    let mismatch = |what: &str, signed: Option<&str>, found: String| {
+        violation(
+            META_NAME,
+            format!(
+                "its {what} ({found}) is not the one the signature's trusted comment names ({}): {comment:?}",
+                signed.unwrap_or("none")
+            ),
+        )
+    };
+    let sums = sums_digest.to_string();
+    if field("sums") != Some(sums.as_str()) {
+        return Err(mismatch("SHA256SUMS digest", field("sums"), sums));
+    }
+    if field("k3s") != Some(k3s_version) {
+        return Err(mismatch(
+            "k3s version",
+            field("k3s"),
+            k3s_version.to_string(),
+        ));
+    }
+    let created = created.to_string();
+    if field("created") != Some(created.as_str()) {
+        return Err(mismatch("build time", field("created"), created));
+    }
+    let mut signed: Vec<&str> = field("arch").unwrap_or_default().split(',').collect();
+    let mut found: Vec<&str> = arches.iter().map(String::as_str).collect();
+    signed.sort_unstable();
+    found.sort_unstable();
+    if signed != found {
+        return Err(mismatch("arches", field("arch"), arches.join(",")));
+    }
+    Ok(())
+}
+
 fn check_meta_against_sums(meta: &BundleMeta, sums: &Sums) -> anyhow::Result<()> {
     for image in &meta.images {
         let blobs = std::iter::once(&image.digest)
@@ -570,6 +639,35 @@ fn check_meta_against_sums(meta: &BundleMeta, sums: &Sums) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trusted_comment_must_name_the_bundle() {
+        let sums = Digest::of(b"SHA256SUMS");
+        let arches = vec!["amd64".to_string(), "arm64".to_string()];
+        let comment =
+            format!("airgap bundle k3s=v1.20.6+k3s1 arch=arm64,amd64 created=1700 sums={sums}");
+        check_comment(&comment, &sums, "v1.20.6+k3s1", &arches, 1700).unwrap();
+        for (case, version, created, arches) in [
+            ("another version", "v1.20.7+k3s1", 1700, arches.clone()),
+            ("another build time", "v1.20.6+k3s1", 1699, arches.clone()),
+            (
+                "other arches",
+                "v1.20.6+k3s1",
+                1700,
+                vec!["amd64".to_string()],
+            ),
+        ] {
+            let err = check_comment(&comment, &sums, version, &arches, created).unwrap_err();
+            assert!(
+                format!("{err}").starts_with("entry bundle.json: its "),
+                "{case}: {err}"
+            );
+        }
+        let other_sums = Digest::of(b"other");
+        assert!(check_comment(&comment, &other_sums, "v1.20.6+k3s1", &arches, 1700).is_err());
+        // A comment that names no bundle (a hand-signed SHA256SUMS) binds nothing.
+        assert!(check_comment("timestamp:1700", &sums, "v1.20.6+k3s1", &arches, 1700).is_err());
+    }
 
     #[test]
     fn the_budget_stops_a_stream_that_goes_on() {

@@ -18,6 +18,9 @@ pub struct InstallRecord {
     pub k3s_version: String,
     /// Digest of the bundle's SHA256SUMS: names its whole content.
     pub bundle: Digest,
+    /// The bundle's build time (unix seconds), for rollback protection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
     pub runtime: String,
     /// containerd socket the images went to (external runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]

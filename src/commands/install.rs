@@ -62,6 +62,7 @@ fn options(args: InstallArgs) -> InstallOptions {
         skip_preflight: args.skip_preflight,
         no_start: args.no_start,
         dry_run: args.dry_run,
+        allow_downgrade: args.allow_downgrade,
         wait: std::time::Duration::from_secs(args.wait),
         extra_args: args.k3s_args,
     }

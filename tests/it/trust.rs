@@ -162,3 +162,45 @@ fn an_install_under_umask_000_makes_no_directory_others_can_write() {
     }
     assert!(dirs > 5, "the install made only {dirs} directories");
 }
+
+/// An older signed bundle over a newer install: refused, nothing changed
+/// (any bundle the key ever signed would otherwise roll a node back to
+/// its old k3s and images); `--allow-downgrade` does it on purpose.
+#[test]
+fn an_older_bundle_is_not_installed_over_a_newer_one() {
+    let older = demo_bundle();
+    // Bundle times are in seconds: the newer one is built a second later.
+    std::thread::sleep(Duration::from_millis(1100));
+    let bed = InstallBed::start_with(|_| {});
+    assert!(bed.meta.created > older.meta.created, "built in order");
+    let args = no_start_server_args(&bed.cd, bed.port);
+    assert_ok(&bed.install(&args), "the newer bundle");
+    let before = tree(bed.root());
+
+    let older_install = |extra: &[&str]| {
+        let mut cmd = airgap();
+        cmd.args(["install", "--offline"])
+            .arg(&older.bundle)
+            .arg("--key")
+            .arg(&older.pub_key)
+            .arg("--root")
+            .arg(bed.root())
+            // Before the arguments: they end with `-- <k3s flags>`.
+            .args(extra)
+            .args(&args);
+        run(&mut cmd)
+    };
+    let out = older_install(&[]);
+    support::assert_fails_naming(
+        &out,
+        "an older bundle over a newer one",
+        &["older bundle", "--allow-downgrade"],
+    );
+    assert_same_tree(&before, &tree(bed.root()), "a refused downgrade");
+
+    let out = older_install(&["--allow-downgrade"]);
+    assert_ok(&out, "an older bundle with --allow-downgrade");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.path(INSTALL_RECORD)).unwrap()).unwrap();
+    assert_eq!(record["created"], older.meta.created);
+}

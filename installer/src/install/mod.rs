@@ -20,11 +20,13 @@ mod options;
 pub mod plan;
 mod publish;
 mod record;
+mod rollback;
 mod space;
 mod start;
 mod stream;
 
 pub use options::{https_port, read_token, InstallOptions, JoinToken, Runtime, Verification};
+pub use rollback::parse_k3s_version;
 
 use crate::import::sink::ImportReport;
 use crate::import::ImageOutcome;
@@ -150,6 +152,7 @@ fn run(
             .with_context(|| format!("bundle {} is not valid", opts.bundle))?;
         let plan = node.plan(&header)?;
         let previous = crate::record::InstallRecord::load(&root)?;
+        rollback::check(previous.as_ref(), &plan, opts.allow_downgrade)?;
         let preflight = node.preflight(&plan, &header, previous.as_ref());
         return Ok(InstallReport {
             root: root.root().to_path_buf(),

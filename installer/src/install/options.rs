@@ -70,6 +70,8 @@ pub struct InstallOptions {
     pub skip_preflight: Vec<String>,
     pub no_start: bool,
     pub dry_run: bool,
+    /// Install a bundle older than the installed one.
+    pub allow_downgrade: bool,
     pub wait: Duration,
     /// Extra k3s flags (after `--`).
     pub extra_args: Vec<String>,

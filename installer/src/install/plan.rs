@@ -56,6 +56,8 @@ pub struct Plan {
     pub k3s_version: String,
     /// The digest of the bundle's `SHA256SUMS`: names its whole content.
     pub bundle: Digest,
+    /// The bundle's build time (unix seconds), as signed.
+    pub created: u64,
     /// Bundle entries placed on the host, by entry path.
     pub placements: BTreeMap<String, Placement>,
     /// The embedded runtime's image archive.
@@ -136,6 +138,7 @@ impl Plan {
             runtime: opts.runtime,
             k3s_version: meta.k3s_version.clone(),
             bundle: header.sums_digest,
+            created: meta.created,
             space: space_needs(
                 meta,
                 &header.sums,

@@ -32,6 +32,7 @@ pub(super) fn write(published: &mut Published, root: &HostRoot) -> anyhow::Resul
         init: plan.init,
         k3s_version: plan.k3s_version.clone(),
         bundle: plan.bundle,
+        created: Some(plan.created),
         runtime: plan.runtime.as_str().to_string(),
         containerd_socket: (plan.runtime == super::Runtime::External)
             .then(|| plan.socket.display().to_string()),

@@ -129,6 +129,7 @@ impl<'a> Pass<'a> {
         let lock = InstallLock::acquire(root)?;
         let previous = InstallRecord::load(root)?;
         let plan = node.plan(header)?;
+        super::rollback::check(previous.as_ref(), &plan, opts.allow_downgrade)?;
         self.space = plan.space.clone();
         let report = node.preflight(&plan, header, previous.as_ref());
         if let Some(first) = report.failed().first() {
