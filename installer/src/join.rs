@@ -1,9 +1,11 @@
 //! Joining a cluster safely: the token format k3s uses
 //! (`K10<sha256 of the cluster CA>::<user>:<password>`, or a bare password),
 //! and the check an agent or joining server makes before it writes anything:
-//! fetch `https://<server>/cacerts` and compare its sha256 with the token's,
-//! as k3s itself does. A bare password cannot pin the CA: that is allowed,
-//! with a warning.
+//! fetch `https://<server>/cacerts` (no redirects, at most 64 KiB) and
+//! compare its sha256 with the token's, then fetch it again trusting only
+//! that CA, so the server's own certificate must be one it issued, as k3s
+//! itself does. A bare password cannot pin the CA: that is allowed, with a
+//! warning.
 
 use crate::layout::NODE_TOKEN;
 use crate::root::HostRoot;
@@ -77,8 +79,14 @@ pub struct ServerCheck {
     pub ca_pinned: bool,
 }
 
-/// Fetches the server's CA and checks it against the token; the fetch
-/// trusts no certificate yet (the token's hash is what makes the CA trusted).
+/// The most `/cacerts` may send: a CA bundle is a few KiB.
+pub const MAX_CACERTS: usize = 64 << 10;
+
+/// Fetches the server's CA and checks it against the token, then checks
+/// that the server's own certificate was issued by that CA, as k3s's agent
+/// does. The first fetch trusts no certificate yet (the token's hash is
+/// what makes the CA trusted); the second trusts only that CA. Neither
+/// follows a redirect, and each reads at most [`MAX_CACERTS`].
 pub fn check_server(
     url: &str,
     token: &Token,
@@ -91,27 +99,15 @@ pub fn check_server(
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cacerts_url = format!("{base}/cacerts");
-    let body = handle.block_on(async {
-        let client = reqwest::Client::builder()
-            .tls_danger_accept_invalid_certs(true)
+    let builder = || {
+        reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .build()?;
-        let resp = client.get(&cacerts_url).send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the server at {cacerts_url}: {}",
-                root_cause(&e)
-            )
-        })?;
-        if !resp.status().is_success() {
-            bail!(
-                "{cacerts_url} answered {}: is this a k3s server?",
-                resp.status()
-            );
-        }
-        resp.bytes()
-            .await
-            .with_context(|| format!("reading {cacerts_url}"))
+    };
+    let body = handle.block_on(async {
+        let client = builder().tls_danger_accept_invalid_certs(true).build()?;
+        fetch_cacerts(&client, &cacerts_url).await
     })?;
     let found = Digest::of(&body).hex();
     match &token.ca_hash {
@@ -123,11 +119,74 @@ pub fn check_server(
             "the join token is a bare password: the server's CA at {cacerts_url} cannot be checked (use the K10 token from the server's {NODE_TOKEN})"
         ),
     }
+    // The CA matched; now the server must prove it holds a certificate
+    // that CA issued, for the name or address in the URL.
+    let ca = reqwest::Certificate::from_pem_bundle(&body)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| anyhow!("{cacerts_url} did not send a PEM certificate bundle"))?;
+    let again = handle.block_on(async {
+        let client = builder().tls_certs_only(ca).build()?;
+        fetch_cacerts(&client, &cacerts_url).await
+    });
+    match again {
+        Ok(again) if again == body => {}
+        Ok(_) => bail!("{cacerts_url} sent a different CA over a verified connection"),
+        Err(e) => bail!(
+            "the server at {base} presents a certificate its CA ({cacerts_url}) did not issue, or not for this address: {e:#}"
+        ),
+    }
     Ok(ServerCheck {
         url: base.to_string(),
         ca_sha256: found,
         ca_pinned: token.ca_hash.is_some(),
     })
+}
+
+/// GET `url` with `client`: a 2xx body of at most [`MAX_CACERTS`], read
+/// as it streams; a redirect is refused, not followed.
+async fn fetch_cacerts(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<u8>> {
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach the server at {url}: {}", root_cause(&e)))?;
+    let status = resp.status();
+    if status.is_redirection() {
+        let to = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or("?");
+        bail!("{url} answered {status}, a redirect to {to}: not followed, the CA must come from the server itself");
+    }
+    if !status.is_success() {
+        bail!("{url} answered {status}: is this a k3s server?");
+    }
+    let too_big = || {
+        anyhow!(
+            "{url} sent more than {} KiB, the most a CA bundle may take",
+            MAX_CACERTS >> 10
+        )
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_CACERTS as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| anyhow!("reading {url}: {}", root_cause(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_CACERTS {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

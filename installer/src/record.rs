@@ -94,11 +94,6 @@ impl InstallRecord {
     }
 }
 
-/// Whether a recorded file is still as the install left it.
-pub fn unchanged(root: &HostRoot, file: &RecordedFile) -> bool {
-    crate::root::file_matches(&root.path(&file.path), &file.sha256, file.mode)
-}
-
 /// Whether `path` is a symlink to `target`.
 pub fn link_is(path: &Path, target: &str) -> bool {
     std::fs::read_link(path).is_ok_and(|t| t == Path::new(target))

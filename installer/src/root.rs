@@ -60,6 +60,54 @@ impl HostRoot {
         }
         out
     }
+
+    /// A host path read back from a file the installer wrote (the install
+    /// record, the journal), under the root; such files may have been
+    /// edited, so unlike [`HostRoot::path`] this refuses, naming the path,
+    /// anything but a plain absolute path, and a path through a symbolic
+    /// link (any existing directory on the way below the root), so that
+    /// no line can name a file or directory outside the root.
+    pub fn resolve(&self, host_path: &str) -> anyhow::Result<PathBuf> {
+        let p = Path::new(host_path);
+        if !p.is_absolute() {
+            bail!("{host_path:?} is not an absolute path");
+        }
+        let mut names = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::RootDir => {}
+                Component::Normal(n) => names.push(n),
+                _ => bail!("{host_path:?} is not a plain path"),
+            }
+        }
+        let mut out = self.root.clone();
+        // Every directory on the way; the entry itself may be a link
+        // (kubectl): removing it never follows it. Below a missing
+        // directory there is nothing left to check.
+        let mut checking = true;
+        for (i, n) in names.iter().enumerate() {
+            out.push(n);
+            if !checking || i + 1 == names.len() {
+                continue;
+            }
+            match std::fs::symlink_metadata(&out) {
+                Ok(m) if m.file_type().is_symlink() => bail!(
+                    "{host_path:?} goes through a symbolic link ({})",
+                    out.display()
+                ),
+                Ok(_) => {}
+                Err(_) => checking = false,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The host path of a full path under the root (a journal line), or
+    /// `None` when it is not under the root.
+    pub fn host_path_of(&self, full: &Path) -> Option<String> {
+        let rel = full.strip_prefix(&self.root).ok()?;
+        Some(format!("/{}", rel.display()))
+    }
 }
 
 /// What one run changed so far, to undo unless kept.
@@ -94,12 +142,25 @@ impl Changes {
     }
 
     /// A change log journaled to `journal`, adopting the directories that
-    /// a killed earlier run journaled and that still exist.
-    pub fn with_journal(journal: &Path) -> anyhow::Result<Self> {
+    /// a killed earlier run journaled and that still exist. A line that
+    /// does not resolve inside `root` ([`HostRoot::resolve`]: outside it,
+    /// not plain, through a symbolic link) was not written by a run: it is
+    /// skipped with a warning, never adopted, so never removed.
+    pub fn with_journal(root: &HostRoot, journal: &Path) -> anyhow::Result<Self> {
         let mut changes = Changes::new();
         if let Ok(text) = std::fs::read_to_string(journal) {
             for line in text.lines() {
-                let d = PathBuf::from(line);
+                let resolved = root
+                    .host_path_of(Path::new(line))
+                    .ok_or_else(|| anyhow::anyhow!("not under {}", root.root().display()))
+                    .and_then(|h| root.resolve(&h));
+                let d = match resolved {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!("{}: ignoring the line {line:?}: {e:#}", journal.display());
+                        continue;
+                    }
+                };
                 if d.is_dir() && !changes.created_dirs.contains(&d) {
                     changes.created_dirs.push(d);
                 }
@@ -278,6 +339,40 @@ mod tests {
     }
 
     #[test]
+    fn read_back_paths_stay_under_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("etc")).unwrap();
+        let r = HostRoot::new(t.path()).unwrap();
+        assert_eq!(r.resolve("/usr/x/y").unwrap(), t.path().join("usr/x/y"));
+        // The entry itself may be a link (kubectl); a directory on the way not.
+        assert_eq!(r.resolve("/etc").unwrap(), t.path().join("etc"));
+        for bad in ["/etc/passwd", "/usr/../../x", "usr/x", ""] {
+            let e = r.resolve(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad:?}: {e}");
+        }
+        assert_eq!(
+            r.host_path_of(&t.path().join("a/b")).as_deref(),
+            Some("/a/b")
+        );
+        assert_eq!(r.host_path_of(outside.path()), None);
+    }
+
+    #[test]
+    fn a_journal_line_outside_the_root_is_not_adopted() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("empty");
+        std::fs::create_dir(&victim).unwrap();
+        let journal = t.path().join("journal");
+        std::fs::write(&journal, format!("{}\n", victim.display())).unwrap();
+        let c = Changes::with_journal(&HostRoot::new(t.path()).unwrap(), &journal).unwrap();
+        assert!(c.created_dirs().is_empty(), "{:?}", c.created_dirs());
+        drop(c);
+        assert!(victim.is_dir());
+    }
+
+    #[test]
     fn changes_undo_created_dirs() {
         let t = tempfile::tempdir().unwrap();
         let deep = t.path().join("a/b/c");
@@ -296,14 +391,15 @@ mod tests {
     #[test]
     fn journal_hands_a_killed_runs_dirs_to_the_next() {
         let t = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(t.path()).unwrap();
         let journal = t.path().join("state/journal");
         let deep = t.path().join("x/y");
         {
-            let mut c = Changes::with_journal(&journal).unwrap();
+            let mut c = Changes::with_journal(&root, &journal).unwrap();
             c.create_dir_all(&deep).unwrap();
             std::mem::forget(c); // killed: no undo ran
         }
-        let c = Changes::with_journal(&journal).unwrap();
+        let c = Changes::with_journal(&root, &journal).unwrap();
         let dirs = c.created_dirs().to_vec();
         assert!(dirs.contains(&t.path().join("state")), "{dirs:?}");
         assert!(dirs.contains(&t.path().join("x")), "{dirs:?}");

@@ -6,7 +6,8 @@
 //! a log file. Secrets only ever go into the env file, never into a command
 //! line or a log.
 
-use crate::layout::{Role, K3S_BIN};
+use crate::layout::{Role, DATA_DIR, K3S_BIN};
+use crate::root::HostRoot;
 use crate::run::Runner;
 use anyhow::{bail, Context as _};
 use std::path::{Path, PathBuf};
@@ -278,15 +279,41 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Stops a detached k3s by its pid file: SIGTERM, then SIGKILL after 10 s.
-pub fn stop_detached(runner: &dyn Runner, pid_file: &Path) -> anyhow::Result<()> {
+/// Whether `pid` runs this root's k3s: its executable is the root's k3s
+/// binary (or was, until a reinstall replaced the file), or one that k3s
+/// unpacked into its data dir and runs itself as. A pid file is only a
+/// hint anyone with write access may edit; this is what makes it safe to
+/// signal the pid it names.
+pub fn is_k3s_of(pid: u32, root: &HostRoot) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let exe = exe.to_string_lossy();
+    let exe = Path::new(exe.strip_suffix(" (deleted)").unwrap_or(&exe));
+    let Ok(canonical) = std::fs::canonicalize(root.root()) else {
+        return false;
+    };
+    let root = HostRoot::new(&canonical).expect("a canonical path is absolute");
+    exe == root.path(K3S_BIN) || exe.starts_with(root.path(DATA_DIR).join("data"))
+}
+
+/// Stops a detached k3s by its pid file: SIGTERM, then SIGKILL after 10 s;
+/// only when the pid is this root's k3s ([`is_k3s_of`]), else it is left
+/// alone with a warning.
+pub fn stop_detached(runner: &dyn Runner, pid_file: &Path, root: &HostRoot) -> anyhow::Result<()> {
     let Ok(text) = std::fs::read_to_string(pid_file) else {
         return Ok(());
     };
     let Ok(pid) = text.trim().parse::<u32>() else {
         return Ok(());
     };
-    if process_alive(pid) {
+    if process_alive(pid) && !is_k3s_of(pid, root) {
+        tracing::warn!(
+            "{} names pid {pid}, which is not {}'s k3s: not signalled",
+            pid_file.display(),
+            root.root().display()
+        );
+    } else if process_alive(pid) {
         runner.run("kill", &["-TERM", &pid.to_string()])?;
         for _ in 0..100 {
             if !process_alive(pid) {

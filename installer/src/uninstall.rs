@@ -1,12 +1,15 @@
 //! `airgap uninstall`: stop the service and remove exactly what the install
 //! record says this installer wrote: files still holding the bytes it wrote,
 //! its links, the directories it created once they are empty, and, with
-//! `--purge-images`, its image records. Anything else is left alone.
+//! `--purge-images`, its image records. Anything else is left alone. The
+//! record may have been edited: every path in it must resolve inside the
+//! root ([`HostRoot::resolve`]) or nothing is done, and the pid in the pid
+//! file is signalled only if it is the root's k3s.
 
 use crate::import::{ImportOptions, Importer};
 use crate::layout;
-use crate::record::{link_is, unchanged, InstallRecord};
-use crate::root::HostRoot;
+use crate::record::{link_is, InstallRecord};
+use crate::root::{file_matches, HostRoot};
 use crate::run::Runner;
 use crate::service::{self, Init};
 use anyhow::Context as _;
@@ -62,13 +65,44 @@ pub fn uninstall(
             root.path(layout::INSTALL_RECORD).display()
         );
     };
+    // Every path first, before anything is stopped or removed.
+    let record_path = root.path(layout::INSTALL_RECORD);
+    let check = |p: &str| {
+        root.resolve(p).with_context(|| {
+            format!(
+                "{}: refusing the entry {p:?}, which is not a path inside the root",
+                record_path.display()
+            )
+        })
+    };
+    let links = record
+        .links
+        .iter()
+        .map(|l| Ok((check(&l.path)?, l)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let files = record
+        .files
+        .iter()
+        .map(|f| Ok((check(&f.path)?, f)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut dirs = record
+        .dirs
+        .iter()
+        .map(|d| Ok((check(d)?, d.clone())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pid_file = record.pid_file.as_deref().map(check).transpose()?;
+    let log_file = record.log_file.as_deref().map(check).transpose()?;
+    let data = opts
+        .purge_data
+        .then(|| check(layout::DATA_DIR))
+        .transpose()?;
     let mut report = UninstallReport::default();
 
     // Stop k3s first, so nothing it runs holds the files.
     match record.init {
         Init::None => {
-            if let Some(pid_file) = &record.pid_file {
-                service::stop_detached(runner, &root.path(pid_file))?;
+            if let Some(pid_file) = &pid_file {
+                service::stop_detached(runner, pid_file, &root)?;
             }
             report.service = "stopped".into();
         }
@@ -91,50 +125,42 @@ pub fn uninstall(
         }
     }
 
-    for link in &record.links {
-        let path = root.path(&link.path);
+    for (path, link) in links {
         if link_is(&path, &link.target) {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", link.path))?;
             report.removed.push(link.path.clone());
         }
     }
-    for file in &record.files {
-        let path = root.path(&file.path);
+    for (path, file) in files {
         if !path.exists() {
             continue;
         }
-        if unchanged(&root, file) {
+        if file_matches(&path, &file.sha256, file.mode) {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", file.path))?;
             report.removed.push(file.path.clone());
         } else {
             report.kept_modified.push(file.path.clone());
         }
     }
-    let record_path = root.path(layout::INSTALL_RECORD);
     std::fs::remove_file(&record_path)
         .with_context(|| format!("removing {}", record_path.display()))?;
     report.removed.push(layout::INSTALL_RECORD.to_string());
     // The detached k3s's log (its pid file went with the stop).
-    if let Some(log) = &record.log_file {
-        if std::fs::remove_file(root.path(log)).is_ok() {
+    if let (Some(path), Some(log)) = (&log_file, &record.log_file) {
+        if std::fs::remove_file(path).is_ok() {
             report.removed.push(log.clone());
         }
     }
-    if opts.purge_data {
-        let data = root.path(layout::DATA_DIR);
-        if data.exists() {
-            std::fs::remove_dir_all(&data)
-                .with_context(|| format!("removing {}", data.display()))?;
-            report
-                .removed
-                .push(format!("{}/ (k3s's state)", layout::DATA_DIR));
-        }
+    if let Some(data) = data.filter(|d| d.exists()) {
+        std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+        report
+            .removed
+            .push(format!("{}/ (k3s's state)", layout::DATA_DIR));
     }
     // Directories the install created, deepest first, when empty.
-    let mut dirs = record.dirs.clone();
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
-    for d in dirs {
-        if std::fs::remove_dir(root.path(&d)).is_ok() {
+    dirs.sort_by_key(|(_, d)| std::cmp::Reverse(d.len()));
+    for (path, d) in dirs {
+        if std::fs::remove_dir(&path).is_ok() {
             report.removed.push(d);
         }
     }

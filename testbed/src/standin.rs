@@ -17,6 +17,7 @@
 pub mod api;
 pub mod client;
 pub mod flags;
+pub mod misbehave;
 pub mod roles;
 
 use std::fmt::Display;

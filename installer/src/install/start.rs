@@ -58,7 +58,7 @@ pub(super) fn start(
     let running = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|t| t.trim().parse::<u32>().ok())
-        .filter(|pid| service::process_alive(*pid));
+        .filter(|pid| service::process_alive(*pid) && service::is_k3s_of(*pid, root));
     if let (Some(pid), false) = (running, changed) {
         return Ok(Started {
             service: format!("already running (pid {pid})"),
@@ -66,7 +66,7 @@ pub(super) fn start(
         });
     }
     if running.is_some() {
-        service::stop_detached(runner, &pid_file)?;
+        service::stop_detached(runner, &pid_file, root)?;
     }
     let mut args = plan.exec_args.clone();
     if !root.is_host() {

@@ -154,7 +154,7 @@ impl<'a> Pass<'a> {
                 check_cluster_flags(opts)?;
             }
         }
-        let mut changes = Changes::with_journal(&root.path(layout::INSTALL_JOURNAL))?;
+        let mut changes = Changes::with_journal(root, &root.path(layout::INSTALL_JOURNAL))?;
         // Connect before writing anything: a missing containerd must leave
         // the host untouched.
         let import = match opts.runtime {
