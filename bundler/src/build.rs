@@ -143,7 +143,15 @@ fn build_stages(
         .with_context(|| format!("reading {}", opts.lock_path.display()))?;
     let mut lock = ImagesLock::parse(&lock_text)
         .with_context(|| format!("in {}", opts.lock_path.display()))?;
-    let manifest_files = imageset::manifest_files(&opts.manifests_dir)?;
+    let symlinks = if checks.follow_symlinks {
+        imageset::Symlinks::Follow
+    } else {
+        imageset::Symlinks::Refuse
+    };
+    let (manifest_files, followed) = imageset::manifest_files(&opts.manifests_dir, symlinks)?;
+    for link in &followed {
+        tracing::warn!("{link}");
+    }
     let manifest_images = imageset::scan_manifests(&manifest_files)?;
     let lint_options = LintOptions {
         allow_latest: checks.allow_latest,

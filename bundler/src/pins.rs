@@ -49,6 +49,9 @@ pub struct BuildChecks {
     /// Report floating (`:latest`, untagged) images without
     /// `imagePullPolicy: IfNotPresent` as warnings instead of errors.
     pub allow_latest: bool,
+    /// Follow manifests that are symbolic links (each is reported) instead
+    /// of refusing them.
+    pub follow_symlinks: bool,
 }
 
 /// One difference between the wanted set and the lock.
@@ -487,7 +490,7 @@ pub fn lock(opts: &LockOptions, handle: &Handle) -> Result<LockReport> {
         })
         .collect::<Result<_>>()?;
     let (old, old_text) = read_lock(&opts.lock_path)?;
-    let files = imageset::manifest_files(&opts.manifests_dir)?;
+    let (files, _) = imageset::manifest_files(&opts.manifests_dir, imageset::Symlinks::Refuse)?;
     let manifest_images = imageset::scan_manifests(&files)?;
     let client = net::http_client()?;
     let resolver = Resolver::new(opts.registry.clone())?;

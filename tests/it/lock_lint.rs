@@ -6,7 +6,8 @@
 //! pull policy by file, line and container (`--allow-latest` downgrades it);
 //! one bundle carries amd64 and arm64. `bundle lock` reads a cn-layout
 //! release mirror, retries server errors as pulls do, and keeps a manifest
-//! image named by digest at that digest.
+//! image named by digest at that digest. A manifest that is a symbolic
+//! link is refused by build, lint and lock unless the build follows it.
 
 use crate::support;
 
@@ -559,5 +560,91 @@ fn bundle_lock_reads_the_cn_layout_and_retries_server_errors() {
             "HTTP 500",
             "after 5 attempts",
         ],
+    );
+}
+
+/// A Service only: no image, so the lock and the lint are not concerned.
+const SERVICE_ONLY: &str = "apiVersion: v1
+kind: Service
+metadata: {name: linked}
+spec:
+  ports: [{port: 80}]
+";
+
+#[test]
+fn a_manifest_that_is_a_symlink_is_refused_unless_followed() {
+    // The attack: a checkout's manifests/creds.json links to the builder's
+    // docker config; the old code read it through the link and signed it
+    // into the bundle as manifests/creds.json.
+    let tb = Testbed::start();
+    let docker = tb.work().join("home/.docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let config = docker.join("config.json");
+    let secret = "c2l0ZS1ib3Q6aHVudGVyMg==";
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths":{{"registry.example":{{"auth":"{secret}"}}}}}}"#),
+    )
+    .unwrap();
+    let link = tb.manifests_dir().join("creds.json");
+    std::os::unix::fs::symlink(&config, &link).unwrap();
+    let named = format!(
+        "manifest {} is a symbolic link to {}",
+        link.display(),
+        config.display()
+    );
+
+    // build, lint and lock refuse it, naming the link and its target,
+    // before anything is downloaded; nothing is written.
+    let before = std::fs::read(tb.lock_path()).unwrap();
+    let out = tb.build("site.tar.zst", &[]);
+    assert_fails_naming(&out, "build with a linked manifest", &[&named]);
+    tb.assert_no_output(&before);
+    let out = lint(&tb, &[]);
+    assert_fails_naming(&out, "lint with a linked manifest", &[&named]);
+    let out = lock(&tb, "amd64", &[]);
+    assert_fails_naming(&out, "lock with a linked manifest", &[&named]);
+    assert_eq!(std::fs::read(tb.lock_path()).unwrap(), before);
+    assert!(
+        tb.release.all_requests().is_empty(),
+        "{:?}",
+        tb.release.all_requests()
+    );
+
+    // With --follow-symlinks a link (here relative, to a file outside) is
+    // followed and reported as link -> target.
+    std::fs::remove_file(&link).unwrap();
+    let outside = tb.work().join("shared");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("linked.yaml"), SERVICE_ONLY).unwrap();
+    let link = tb.manifests_dir().join("linked.yaml");
+    std::os::unix::fs::symlink("../shared/linked.yaml", &link).unwrap();
+    let out = tb.build("refused.tar.zst", &[]);
+    assert_fails_naming(
+        &out,
+        "build with a relative link",
+        &[&format!(
+            "manifest {} is a symbolic link to ../shared/linked.yaml",
+            link.display()
+        )],
+    );
+    let out = tb.build("site.tar.zst", &["--follow-symlinks"]);
+    assert_ok(&out, "build --follow-symlinks");
+    let target = outside.join("linked.yaml").canonicalize().unwrap();
+    let said = format!(
+        "following the symbolic link {} -> {}",
+        link.display(),
+        target.display()
+    );
+    assert!(stderr(&out).contains(&said), "{}", stderr(&out));
+    let bundle = Bundle::read(&tb.out_dir().join("site.tar.zst"));
+    assert_eq!(
+        bundle.data("manifests/linked.yaml"),
+        SERVICE_ONLY.as_bytes()
+    );
+    assert!(
+        !bundle.names().iter().any(|n| n.contains("creds")),
+        "{:?}",
+        bundle.names()
     );
 }
