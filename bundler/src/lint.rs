@@ -241,7 +241,7 @@ pub fn lint_files(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => ImagesLock {
             version: LOCK_VERSION,
-            images: Vec::new(),
+            ..ImagesLock::default()
         },
         Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", lock_path.display())),
     };

