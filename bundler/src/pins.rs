@@ -84,6 +84,13 @@ pub enum Drift {
     },
     /// The pod sandbox image, not marked `"sandbox": true`.
     NotSandbox { reference: String },
+    /// A release file whose hash is now another than the lock's pin.
+    ReleaseMoved {
+        version: String,
+        asset: String,
+        locked: Digest,
+        current: Digest,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -120,6 +127,15 @@ impl fmt::Display for Drift {
             } => write!(
                 f,
                 "{reference} for {platform} is now {current}, {LOCK_NAME} pins {locked}"
+            ),
+            Drift::ReleaseMoved {
+                version,
+                asset,
+                locked,
+                current,
+            } => write!(
+                f,
+                "{asset} of k3s {version} is now {current}, {LOCK_NAME} pins {locked}"
             ),
             Drift::NotSandbox { reference } => write!(
                 f,
@@ -447,6 +463,23 @@ impl fmt::Display for LockReport {
 /// The differences between the lock on disk and the freshly resolved one.
 fn refresh_diff(old: &ImagesLock, new: &ImagesLock, wanted: &WantedImages) -> Vec<Drift> {
     let mut drift = Vec::new();
+    // A release file the lock pins whose hash changed; one it does not pin
+    // yet (a lock from before the pins) is not drift, just written.
+    for (version, pins) in &new.release {
+        let before = old.release.get(version);
+        for (asset, current) in pins {
+            if let Some(locked) = before.and_then(|b| b.get(asset)) {
+                if locked != current {
+                    drift.push(Drift::ReleaseMoved {
+                        version: version.clone(),
+                        asset: asset.clone(),
+                        locked: *locked,
+                        current: *current,
+                    });
+                }
+            }
+        }
+    }
     for entry in &new.images {
         let reference = entry.reference.to_string();
         let Some(before) = old.get(&entry.reference) else {

@@ -690,6 +690,17 @@ fn a_locked_build_refuses_a_k3s_binary_the_release_swapped() {
         before_requests,
         "the swapped binary was downloaded"
     );
+    // `bundle lock --check` reports it, and writes nothing.
+    let out = lock(&tb, "amd64", &["--check"]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains(&format!(
+            "k3s of k3s {version} is now {new}, images.lock pins {old}"
+        )),
+        "{all}"
+    );
+    assert_eq!(std::fs::read(tb.lock_path()).unwrap(), lock_before);
     // What made it refuse: the pins `bundle lock` wrote.
     let pinned = read_lock(&tb);
     assert_eq!(
