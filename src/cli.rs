@@ -233,6 +233,10 @@ pub struct BuildArgs {
     /// imagePullPolicy: IfNotPresent.
     #[arg(long)]
     pub allow_latest: bool,
+    /// Follow manifests that are symbolic links, each reported as a warning
+    /// (link -> target). Without it a linked manifest fails the build.
+    #[arg(long)]
+    pub follow_symlinks: bool,
     /// No progress output.
     #[arg(short, long)]
     pub quiet: bool,

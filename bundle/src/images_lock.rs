@@ -4,6 +4,10 @@
 //! tag that moves in the registry does not change the bundle. The k3s system
 //! images are entries like the manifests' images: a lock describes one k3s
 //! version. Platforms are keyed `os/arch[/variant]` (`linux/arm/v7`).
+//!
+//! `release` pins the k3s release files next to the images: per version, the
+//! sha256 of each architecture's binary (`k3s`, `k3s-arm64`, `k3s-armhf`) and
+//! of `install.sh`. A lock without it (older ones) still parses.
 
 use crate::digest::Digest;
 use crate::reference::ImageRef;
@@ -19,6 +23,9 @@ pub const LOCK_VERSION: u32 = 1;
 pub struct ImagesLock {
     pub version: u32,
     pub images: Vec<LockedImage>,
+    /// k3s version (`v1.20.6+k3s1`) -> release asset name -> its sha256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub release: BTreeMap<String, BTreeMap<String, Digest>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +128,19 @@ mod tests {
         assert_eq!(again.images.len(), 2);
         assert!(ImagesLock::parse(r#"{"version":1,"images":[{"reference":"a"},{"reference":"docker.io/library/a:latest"}]}"#).is_err());
         assert!(ImagesLock::parse(r#"{"version":2,"images":[]}"#).is_err());
+        assert!(again.release.is_empty());
+        assert!(!lock.render().contains("release"), "{}", lock.render());
+    }
+
+    #[test]
+    fn release_pins_round_trip() {
+        let d = Digest::of(b"k3s");
+        let text = format!(
+            r#"{{"version":1,"images":[],"release":{{"v1.20.6+k3s1":{{"k3s":"{d}","install.sh":"{d}"}}}}}}"#
+        );
+        let lock = ImagesLock::parse(&text).unwrap();
+        assert_eq!(lock.release["v1.20.6+k3s1"]["k3s"], d);
+        assert_eq!(ImagesLock::parse(&lock.render()).unwrap(), lock);
     }
 
     /// Found by the images_lock fuzz target: a reference of almost the

@@ -143,7 +143,15 @@ fn build_stages(
         .with_context(|| format!("reading {}", opts.lock_path.display()))?;
     let mut lock = ImagesLock::parse(&lock_text)
         .with_context(|| format!("in {}", opts.lock_path.display()))?;
-    let manifest_files = imageset::manifest_files(&opts.manifests_dir)?;
+    let symlinks = if checks.follow_symlinks {
+        imageset::Symlinks::Follow
+    } else {
+        imageset::Symlinks::Refuse
+    };
+    let (manifest_files, followed) = imageset::manifest_files(&opts.manifests_dir, symlinks)?;
+    for link in &followed {
+        tracing::warn!("{link}");
+    }
     let manifest_images = imageset::scan_manifests(&manifest_files)?;
     let lint_options = LintOptions {
         allow_latest: checks.allow_latest,
@@ -238,6 +246,20 @@ fn build_stages(
     let locked_entries = lock.images.len();
     lock.images.retain(|i| wanted.contains_key(&i.reference));
     let mut lock_updated = lock.images.len() != locked_entries;
+
+    // The release files are pinned as images are: what is missing is
+    // written back (a pin that disagreed failed the fetch); pins of other
+    // versions leave.
+    let release_before = lock.release.clone();
+    lock.release.retain(|v, _| v == &version);
+    let pins = lock.release.entry(version.clone()).or_default();
+    for (_, assets) in &binaries {
+        pins.entry(assets.binary.name.clone())
+            .or_insert(assets.binary.digest);
+        pins.entry(release::INSTALL_SH.to_string())
+            .or_insert(assets.install_sh.digest);
+    }
+    lock_updated |= lock.release != release_before;
 
     // Assemble: pins, bundle.json, the image layout, the file list.
     for image in &pulled {
@@ -382,6 +404,46 @@ fn check_locked(
         .with_context(|| format!("fetching the system image list of k3s {version}"))?;
     let wanted = imageset::wanted_images(lock, manifest_images, &k3s)?;
     pins::check_locked(lock, &wanted, platforms)?;
+    // The release files: each architecture's binary as its checksum
+    // listing gives it now, and install.sh, must be pinned, and alike.
+    let pins = lock.release.get(version).cloned().unwrap_or_default();
+    let mut missing = Vec::new();
+    for arch in &opts.arches {
+        let list = handle
+            .block_on(release::fetch_image_list(
+                &client,
+                &opts.release,
+                version,
+                arch,
+                &store,
+                &crate::progress::NoProgress,
+            ))
+            .with_context(|| {
+                format!("fetching the checksum listing of k3s {version} for {arch}")
+            })?;
+        let binary = release::k3s_asset_name(arch)?;
+        let listing = release::checksums_name(arch);
+        let listed = list.sums.get(binary).with_context(|| {
+            format!(
+                "{listing} from {} has no line for {binary}",
+                list.checksums.url
+            )
+        })?;
+        release::check_pin(&pins, binary, listed, &listing, &list.checksums.url)
+            .context("--locked")?;
+        if !pins.contains_key(binary) {
+            missing.push(binary);
+        }
+    }
+    if !pins.contains_key(release::INSTALL_SH) {
+        missing.push(release::INSTALL_SH);
+    }
+    if !missing.is_empty() {
+        bail!(
+            "--locked: {LOCK_NAME} pins no sha256 for {} of k3s {version}; run `airgap bundle lock`",
+            missing.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -420,13 +482,15 @@ async fn fetch(inp: FetchInputs<'_>) -> anyhow::Result<Fetched> {
         store,
         progress,
     } = inp;
+    let pins = lock.release.get(version).cloned().unwrap_or_default();
     let mut k3s_images: Vec<ImageRef> = Vec::new();
     let mut binaries = Vec::new();
     let mut install_sh: Option<PathBuf> = None;
     for arch in &opts.arches {
-        let assets = release::fetch_release(client, &opts.release, version, arch, store, progress)
-            .await
-            .with_context(|| format!("fetching k3s {version} for {arch}"))?;
+        let assets =
+            release::fetch_release(client, &opts.release, version, arch, &pins, store, progress)
+                .await
+                .with_context(|| format!("fetching k3s {version} for {arch}"))?;
         for image in &assets.images {
             if !k3s_images.contains(image) {
                 k3s_images.push(image.clone());

@@ -193,23 +193,100 @@ fn images_in_doc(doc: &Node, file: &Path, document: usize, out: &mut Vec<Manifes
     }
 }
 
-/// The manifest files of a directory, sorted by name.
-pub fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// What to do with a manifest that is a symbolic link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Symlinks {
+    /// Refuse it: a link can pull any file the user can read (a docker
+    /// config, a key) into a signed bundle that is then carried off site.
+    #[default]
+    Refuse,
+    /// Follow it (`bundle build --follow-symlinks`), and say so.
+    Follow,
+}
+
+/// A manifest that is a symbolic link, followed because it was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowedLink {
+    pub link: PathBuf,
+    /// Where the link points, fully resolved.
+    pub target: PathBuf,
+}
+
+impl std::fmt::Display for FollowedLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "following the symbolic link {} -> {} (--follow-symlinks)",
+            self.link.display(),
+            self.target.display()
+        )
+    }
+}
+
+/// The manifest files of a directory (`*.yaml`, `*.yml`, `*.json`), sorted
+/// by name. A manifest that is a symbolic link is refused, naming the link
+/// and its target, unless `symlinks` says to follow it; then it must lead to
+/// a regular file, and it is returned in the second list.
+pub fn manifest_files(
+    dir: &Path,
+    symlinks: Symlinks,
+) -> anyhow::Result<(Vec<PathBuf>, Vec<FollowedLink>)> {
     if !dir.exists() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut files = Vec::new();
+    let mut followed = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
         let is_yaml = path
             .extension()
             .is_some_and(|e| e == "yaml" || e == "yml" || e == "json");
-        if is_yaml && path.is_file() {
+        if !is_yaml {
+            continue;
+        }
+        // The entry's own type: a link is not followed to decide.
+        let file_type = entry
+            .file_type()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if file_type.is_symlink() {
+            let target = std::fs::read_link(&path)
+                .with_context(|| format!("reading the link {}", path.display()))?;
+            if symlinks == Symlinks::Refuse {
+                anyhow::bail!(
+                    "manifest {} is a symbolic link to {}: refusing to read it into the bundle \
+                     (copy the file into {}, or pass --follow-symlinks to bundle build)",
+                    path.display(),
+                    target.display(),
+                    dir.display()
+                );
+            }
+            let resolved = std::fs::canonicalize(&path).with_context(|| {
+                format!(
+                    "manifest {} is a symbolic link to {}, which cannot be resolved",
+                    path.display(),
+                    target.display()
+                )
+            })?;
+            if !resolved.is_file() {
+                anyhow::bail!(
+                    "manifest {} is a symbolic link to {}, which is not a regular file",
+                    path.display(),
+                    resolved.display()
+                );
+            }
+            followed.push(FollowedLink {
+                link: path.clone(),
+                target: resolved,
+            });
+            files.push(path);
+        } else if file_type.is_file() {
             files.push(path);
         }
     }
     files.sort();
-    Ok(files)
+    followed.sort_by(|a, b| a.link.cmp(&b.link));
+    Ok((files, followed))
 }
 
 /// Every container image of every workload in the manifest files.
@@ -350,6 +427,44 @@ spec:
         assert_eq!(found[2].document, 3);
         assert_eq!(found[2].kind, "CronJob");
         assert_eq!(found[2].pull_policy, None);
+    }
+
+    #[test]
+    fn a_linked_manifest_is_refused_unless_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("config.json");
+        std::fs::write(&outside, r#"{"auths":{}}"#).unwrap();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir(&manifests).unwrap();
+        std::fs::write(manifests.join("app.yaml"), GUESTBOOK).unwrap();
+        let link = manifests.join("creds.json");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+
+        let err = manifest_files(&manifests, Symlinks::Refuse).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!(
+                "manifest {} is a symbolic link to {}",
+                link.display(),
+                outside.display()
+            )),
+            "{msg}"
+        );
+
+        let (files, followed) = manifest_files(&manifests, Symlinks::Follow).unwrap();
+        assert_eq!(files, [manifests.join("app.yaml"), link.clone()]);
+        assert_eq!(
+            followed,
+            [FollowedLink {
+                link,
+                target: outside.canonicalize().unwrap()
+            }]
+        );
+
+        // A dangling link is refused even when following.
+        std::fs::remove_file(&outside).unwrap();
+        let err = manifest_files(&manifests, Symlinks::Follow).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot be resolved"), "{err:#}");
     }
 
     #[test]

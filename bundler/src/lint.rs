@@ -241,11 +241,12 @@ pub fn lint_files(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => ImagesLock {
             version: LOCK_VERSION,
-            images: Vec::new(),
+            ..ImagesLock::default()
         },
         Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", lock_path.display())),
     };
-    let files = crate::imageset::manifest_files(manifests_dir)?;
+    let (files, _) =
+        crate::imageset::manifest_files(manifests_dir, crate::imageset::Symlinks::Refuse)?;
     let images = crate::imageset::scan_manifests(&files)?;
     Ok(lint(&images, &lock, opts))
 }

@@ -49,6 +49,9 @@ pub struct BuildChecks {
     /// Report floating (`:latest`, untagged) images without
     /// `imagePullPolicy: IfNotPresent` as warnings instead of errors.
     pub allow_latest: bool,
+    /// Follow manifests that are symbolic links (each is reported) instead
+    /// of refusing them.
+    pub follow_symlinks: bool,
 }
 
 /// One difference between the wanted set and the lock.
@@ -81,6 +84,13 @@ pub enum Drift {
     },
     /// The pod sandbox image, not marked `"sandbox": true`.
     NotSandbox { reference: String },
+    /// A release file whose hash is now another than the lock's pin.
+    ReleaseMoved {
+        version: String,
+        asset: String,
+        locked: Digest,
+        current: Digest,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -117,6 +127,15 @@ impl fmt::Display for Drift {
             } => write!(
                 f,
                 "{reference} for {platform} is now {current}, {LOCK_NAME} pins {locked}"
+            ),
+            Drift::ReleaseMoved {
+                version,
+                asset,
+                locked,
+                current,
+            } => write!(
+                f,
+                "{asset} of k3s {version} is now {current}, {LOCK_NAME} pins {locked}"
             ),
             Drift::NotSandbox { reference } => write!(
                 f,
@@ -235,6 +254,52 @@ pub async fn fetch_k3s_images(
 ) -> Result<Vec<ImageRef>> {
     let list = release::fetch_image_list(client, src, version, arch, store, &NoProgress).await?;
     Ok(list.images)
+}
+
+/// The pins of `version`'s release files now: each requested
+/// architecture's binary as its checksum listing gives it, and the sha256 of
+/// `install.sh` as fetched (afresh, into `store`).
+async fn release_pins(
+    opts: &LockOptions,
+    version: &str,
+    client: &reqwest::Client,
+    store: &BlobStore,
+) -> Result<release::ReleasePins> {
+    let mut pins = release::ReleasePins::new();
+    let mut first_sums = None;
+    for arch in &opts.arches {
+        let list =
+            release::fetch_image_list(client, &opts.release, version, arch, store, &NoProgress)
+                .await
+                .with_context(|| {
+                    format!("fetching the checksum listing of k3s {version} for {arch}")
+                })?;
+        let binary = release::k3s_asset_name(arch)?;
+        let listed = list.sums.get(binary).with_context(|| {
+            format!(
+                "{} from {} has no line for {binary}",
+                release::checksums_name(arch),
+                list.checksums.url
+            )
+        })?;
+        pins.insert(binary.to_string(), *listed);
+        first_sums.get_or_insert(list.sums);
+    }
+    let sums = first_sums.unwrap_or_default();
+    let no_pins = release::ReleasePins::new();
+    let install_sh = release::fetch_install_sh(
+        client,
+        &opts.release,
+        version,
+        &sums,
+        &no_pins,
+        store,
+        &NoProgress,
+    )
+    .await
+    .with_context(|| format!("fetching {} of k3s {version}", release::INSTALL_SH))?;
+    pins.insert(release::INSTALL_SH.to_string(), install_sh.digest);
+    Ok(pins)
 }
 
 /// What a tag resolves to now.
@@ -398,6 +463,23 @@ impl fmt::Display for LockReport {
 /// The differences between the lock on disk and the freshly resolved one.
 fn refresh_diff(old: &ImagesLock, new: &ImagesLock, wanted: &WantedImages) -> Vec<Drift> {
     let mut drift = Vec::new();
+    // A release file the lock pins whose hash changed; one it does not pin
+    // yet (a lock from before the pins) is not drift, just written.
+    for (version, pins) in &new.release {
+        let before = old.release.get(version);
+        for (asset, current) in pins {
+            if let Some(locked) = before.and_then(|b| b.get(asset)) {
+                if locked != current {
+                    drift.push(Drift::ReleaseMoved {
+                        version: version.clone(),
+                        asset: asset.clone(),
+                        locked: *locked,
+                        current: *current,
+                    });
+                }
+            }
+        }
+    }
     for entry in &new.images {
         let reference = entry.reference.to_string();
         let Some(before) = old.get(&entry.reference) else {
@@ -461,7 +543,7 @@ fn read_lock(path: &Path) -> Result<(ImagesLock, Option<String>)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
             ImagesLock {
                 version: LOCK_VERSION,
-                images: Vec::new(),
+                ..ImagesLock::default()
             },
             None,
         )),
@@ -487,7 +569,7 @@ pub fn lock(opts: &LockOptions, handle: &Handle) -> Result<LockReport> {
         })
         .collect::<Result<_>>()?;
     let (old, old_text) = read_lock(&opts.lock_path)?;
-    let files = imageset::manifest_files(&opts.manifests_dir)?;
+    let (files, _) = imageset::manifest_files(&opts.manifests_dir, imageset::Symlinks::Refuse)?;
     let manifest_images = imageset::scan_manifests(&files)?;
     let client = net::http_client()?;
     let resolver = Resolver::new(opts.registry.clone())?;
@@ -534,6 +616,10 @@ pub fn lock(opts: &LockOptions, handle: &Handle) -> Result<LockReport> {
     let mut new = ImagesLock {
         version: LOCK_VERSION,
         images: Vec::new(),
+        release: BTreeMap::from([(
+            version.clone(),
+            handle.block_on(release_pins(opts, &version, &client, &resolver.store))?,
+        )]),
     };
     for (reference, found) in resolved {
         if reference.digest.is_some() {

@@ -7,6 +7,12 @@
 //! `install.sh`, is trusted as served over the configured URL (HTTPS by
 //! default), and recorded by digest so the bundle pins what was used.
 //!
+//! `images.lock` pins the binary and `install.sh` of a version
+//! ([`ReleasePins`]): a checksum file that now lists another hash for the
+//! binary than the lock's is refused, naming both, and `install.sh` must
+//! hash to its pin. Without a pin, a cached `install.sh` found by its URL is
+//! not used: it is fetched again, and the build pins what it got.
+//!
 //! Every file lands in the cache ([`crate::cache`]): by digest when the
 //! checksum file names it, else by URL. A file the cache has (and that still
 //! hashes right) is not fetched again, so with a warm cache a build works
@@ -176,6 +182,30 @@ pub struct ReleaseAssets {
     pub images: Vec<ImageRef>,
 }
 
+/// The lock's pins of one version's release files: asset name -> sha256.
+pub type ReleasePins = BTreeMap<String, Digest>;
+
+/// The name `images.lock` pins `install.sh` under.
+pub const INSTALL_SH: &str = "install.sh";
+
+/// Fails unless the lock's pin of `asset` (if any) is what the release's
+/// listing `listing` (from `url`) gives now.
+pub(crate) fn check_pin(
+    pins: &ReleasePins,
+    asset: &str,
+    listed: &Digest,
+    listing: &str,
+    url: &str,
+) -> Result<()> {
+    match pins.get(asset) {
+        Some(pinned) if pinned != listed => bail!(
+            "{asset}: images.lock pins {pinned}, but {listing} from {url} now lists {listed}; \
+             if the release changed on purpose, run `airgap bundle lock`"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Parses a `sha256sum` listing (`<64 hex>  <name>` or `<64 hex> *<name>`
 /// per line). Strict: any other line, or a name listed twice, is an error.
 pub fn parse_sha256sums(text: &str) -> Result<BTreeMap<String, Digest>> {
@@ -246,6 +276,7 @@ async fn fetch_text_asset(
         dest: PathBuf::new(),
         expected,
         limit: Some(MAX_TEXT_ASSET),
+        by_cached_url: true,
     };
     fetch_cached(client, store, target, progress).await
 }
@@ -298,12 +329,15 @@ pub(crate) async fn fetch_image_list(
 /// Fetches the k3s release `version` for `arch` into the cache `store`
 /// (unless it has them): the checksum list first, then `k3s-images.txt`,
 /// `install.sh` and the binary, each streamed to a temporary file and
-/// published only once verified. The assets' paths point into the cache.
+/// published only once verified, the binary and `install.sh` checked
+/// against `pins` (the lock's, for this version). The assets' paths point
+/// into the cache.
 pub async fn fetch_release(
     client: &reqwest::Client,
     src: &ReleaseSource,
     version: &str,
     arch: &str,
+    pins: &ReleasePins,
     store: &BlobStore,
     progress: &dyn Progress,
 ) -> Result<ReleaseAssets> {
@@ -317,15 +351,7 @@ pub async fn fetch_release(
         images,
     } = fetch_image_list(client, src, &version, arch, store, progress).await?;
 
-    let install_sh = fetch_text_asset(
-        client,
-        store,
-        "install.sh",
-        src.install_sh_url(&version),
-        sums.get("install.sh").copied(),
-        progress,
-    )
-    .await?;
+    let install_sh = fetch_install_sh(client, src, &version, &sums, pins, store, progress).await?;
 
     let sums_name = checksums_name(arch);
     let expected = *sums.get(binary_name).ok_or_else(|| {
@@ -334,12 +360,14 @@ pub async fn fetch_release(
             checksums.url
         )
     })?;
+    check_pin(pins, binary_name, &expected, &sums_name, &checksums.url)?;
     let target = Target {
         name: binary_name.to_string(),
         url: src.asset_url(&version, binary_name),
         dest: PathBuf::new(),
         expected: Some(expected),
         limit: None,
+        by_cached_url: false,
     };
     let binary = fetch_cached(client, store, target, progress)
         .await
@@ -356,6 +384,41 @@ pub async fn fetch_release(
     })
 }
 
+/// `install.sh` of `version`: checked against the checksum listing `sums`
+/// when it lists it, else against the lock's pin; with neither it is
+/// fetched afresh (a digest the cache remembers for its URL is no
+/// authority), for the caller to pin.
+pub(crate) async fn fetch_install_sh(
+    client: &reqwest::Client,
+    src: &ReleaseSource,
+    version: &str,
+    sums: &BTreeMap<String, Digest>,
+    pins: &ReleasePins,
+    store: &BlobStore,
+    progress: &dyn Progress,
+) -> Result<Asset> {
+    let url = src.install_sh_url(version);
+    let listed = sums.get(INSTALL_SH).copied();
+    if let Some(listed) = listed {
+        check_pin(pins, INSTALL_SH, &listed, "the checksum listing", &url)?;
+    }
+    let expected = listed.or_else(|| pins.get(INSTALL_SH).copied());
+    let target = Target {
+        name: INSTALL_SH.to_string(),
+        url,
+        dest: PathBuf::new(),
+        expected,
+        limit: Some(MAX_TEXT_ASSET),
+        by_cached_url: false,
+    };
+    fetch_cached(client, store, target, progress)
+        .await
+        .with_context(|| match expected {
+            Some(d) if listed.is_none() => format!("{INSTALL_SH} pinned in images.lock as {d}"),
+            _ => INSTALL_SH.to_string(),
+        })
+}
+
 fn read_text(asset: &Asset) -> Result<String> {
     let bytes = std::fs::read(&asset.path)?;
     String::from_utf8(bytes).map_err(|_| anyhow!("not UTF-8 text"))
@@ -369,6 +432,9 @@ struct Target {
     expected: Option<Digest>,
     /// Most bytes accepted (for files read into memory afterwards).
     limit: Option<u64>,
+    /// Whether the digest the cache remembers for the URL may stand in for
+    /// a missing `expected` (the listings; not a file the lock pins).
+    by_cached_url: bool,
 }
 
 /// The file from the cache when it has it (by its expected digest, else by
@@ -379,9 +445,12 @@ async fn fetch_cached(
     mut target: Target,
     progress: &dyn Progress,
 ) -> Result<Asset> {
-    let known = target
-        .expected
-        .or_else(|| cache::lookup_url(store, &target.url));
+    let known = target.expected.or_else(|| {
+        target
+            .by_cached_url
+            .then(|| cache::lookup_url(store, &target.url))
+            .flatten()
+    });
     if let Some(digest) = known {
         if let Some(size) = store.verify_present(&digest).await? {
             if target.limit.is_none_or(|limit| size <= limit) {
@@ -427,6 +496,7 @@ async fn download(
         dest,
         expected,
         limit,
+        by_cached_url: _,
     } = target;
     let fail = |e: anyhow::Error| e.context(format!("downloading {name} from {url}"));
     let mut response = client

@@ -48,6 +48,7 @@ pub fn build(args: BuildArgs, handle: &Handle) -> anyhow::Result<()> {
     let checks = airgap_bundler::pins::BuildChecks {
         locked: args.locked,
         allow_latest: args.allow_latest,
+        follow_symlinks: args.follow_symlinks,
     };
     let progress = airgap_bundler::progress::progress_for(args.quiet || args.json);
     let summary = airgap_bundler::build::build(&opts, &checks, progress.as_ref(), handle)?;

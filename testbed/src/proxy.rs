@@ -6,7 +6,7 @@
 //! after N body bytes, answer with an error status instead of forwarding,
 //! stall (pass N body bytes, then send nothing until the client gives up),
 //! or serve the wrong blob with a 200 (another path's body, or the right
-//! body with one byte flipped).
+//! body with one byte flipped), or answer with a huge body of its own.
 //!
 //! One request per connection: it tells both sides `Connection: close`. It
 //! trusts both sides: they are the test and the rig's own server.
@@ -76,6 +76,8 @@ struct State {
     fail: Mutex<Option<(String, u16, u32)>>,
     stall: Mutex<Option<Stall>>,
     swap: Mutex<Option<Swap>>,
+    /// (substring of the target, body bytes, whether to send Content-Length).
+    huge: Mutex<Option<(String, u64, bool)>>,
     log: Mutex<Vec<Forwarded>>,
 }
 
@@ -175,6 +177,14 @@ impl Proxy {
             wrong: Wrong::Flip,
             times,
         });
+    }
+
+    /// Answers every GET whose target contains `needle` with a 200 and
+    /// `size` bytes of JSON whitespace of its own (a manifest media type),
+    /// with a `Content-Length` when `announce`, else delimited by closing;
+    /// the log counts the bytes the client took before it hung up.
+    pub fn serve_huge(&self, needle: &str, size: u64, announce: bool) {
+        *self.state.huge.lock().unwrap() = Some((needle.to_string(), size, announce));
     }
 
     /// Every request forwarded so far, in the order they finished (after
@@ -285,6 +295,46 @@ fn forward(client: TcpStream, upstream: SocketAddr, state: &State) -> Result<()>
             cut: false,
             stalled: false,
             replaced: false,
+        });
+        return Ok(());
+    }
+    let huge = match state.huge.lock().unwrap().as_ref() {
+        Some((needle, size, announce)) if method == "GET" && target.contains(needle.as_str()) => {
+            Some((*size, *announce))
+        }
+        _ => None,
+    };
+    if let Some((size, announce)) = huge {
+        let mut client = client;
+        let length = if announce {
+            format!("Content-Length: {size}\r\n")
+        } else {
+            String::new()
+        };
+        write!(
+            client,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+             {length}Connection: close\r\n\r\n"
+        )?;
+        let chunk = [b' '; 64 << 10];
+        let mut sent = 0u64;
+        while sent < size {
+            let n = chunk.len().min((size - sent) as usize);
+            if client.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            sent += n as u64;
+        }
+        let _ = client.shutdown(Shutdown::Write);
+        state.log.lock().unwrap().push(Forwarded {
+            method,
+            target,
+            range,
+            status: 200,
+            body_bytes: sent,
+            cut: false,
+            stalled: false,
+            replaced: true,
         });
         return Ok(());
     }

