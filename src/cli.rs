@@ -270,6 +270,10 @@ pub struct InstallArgs {
         required_unless_present = "insecure_skip_signature"
     )]
     pub key: Option<PathBuf>,
+    /// Refuse the key unless its id is ID: the key id or fingerprint you
+    /// were given out of band, never one read off the stick.
+    #[arg(long, value_name = "ID", env = "AIRGAP_KEY_ID", requires = "key")]
+    pub expect_key_id: Option<String>,
     /// Install a bundle without checking its signature (checksums are still checked).
     #[arg(long)]
     pub insecure_skip_signature: bool,
@@ -387,6 +391,10 @@ pub struct VerifyArgs {
     /// Public key the bundle must be signed with.
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
+    /// Refuse the key unless its id is ID (the fingerprint you were given
+    /// out of band).
+    #[arg(long, value_name = "ID", env = "AIRGAP_KEY_ID")]
+    pub expect_key_id: Option<String>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

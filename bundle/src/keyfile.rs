@@ -25,7 +25,13 @@ impl fmt::Display for KeyPairFiles {
             self.secret_key.display(),
             self.public_key.display()
         )?;
-        write!(f, "key id {}", self.key_id)
+        write!(
+            f,
+            "key id {} (fingerprint {}): give it to each site out of band (not on the stick), \
+             so that it can check the key it is handed",
+            self.key_id,
+            crate::sign::fingerprint(&self.key_id)
+        )
     }
 }
 

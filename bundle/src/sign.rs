@@ -123,6 +123,29 @@ pub fn public_key_id(pk: &PublicKey) -> String {
     key_id(pk.keynum())
 }
 
+/// A key id in the form people compare by eye and read out over a phone:
+/// `4F2A 91C0 7B3E D812`.
+pub fn fingerprint(key_id: &str) -> String {
+    let chars: Vec<char> = key_id.chars().collect();
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether two key ids are the same, however they are written (case,
+/// spaces, dashes or colons between the digits).
+pub fn same_key_id(a: &str, b: &str) -> bool {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !matches!(c, ' ' | '-' | ':'))
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
+    };
+    norm(a) == norm(b)
+}
+
 /// The file name a key pair's public key goes by beside its bundle (on a
 /// stick): the key file's name without its extension, then `.pub`, so that
 /// the secret key `site.key` and the public key `site.pub` both give

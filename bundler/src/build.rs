@@ -362,6 +362,7 @@ fn build_stages(
         blob_bytes: meta.totals.blob_bytes,
         dedup_saved_bytes: meta.dedup_saved(),
         lock_updated,
+        key_id: sign::secret_key_id(&secret_key),
         parts: written.parts,
         up_to_date: false,
         lock_path: opts.lock_path.clone(),

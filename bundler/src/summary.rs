@@ -34,6 +34,9 @@ pub struct BuildSummary {
     /// of the JSON: it names an input, which the caller knows.
     #[serde(skip)]
     pub lock_path: PathBuf,
+    /// The id of the key that signed the bundle (as minisign prints it).
+    #[serde(default)]
+    pub key_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +78,14 @@ impl fmt::Display for BuildSummary {
         if self.lock_updated {
             write!(f, "\npinned new digests in {}", self.lock_path.display())?;
         }
+        if !self.key_id.is_empty() {
+            write!(
+                f,
+                "\nsigned with key id {} (fingerprint {})",
+                self.key_id,
+                airgap_bundle::sign::fingerprint(&self.key_id)
+            )?;
+        }
         Ok(())
     }
 }
@@ -102,6 +113,7 @@ mod tests {
             parts: Vec::new(),
             up_to_date: false,
             lock_path: "images.lock".into(),
+            key_id: String::new(),
         }
     }
 

@@ -455,9 +455,21 @@ pub fn readme(bundle: &str, parts: &[String], key: &str, key_id: &str) -> String
     };
     let usb = "/media/usb";
     let arch = std::env::consts::ARCH;
+    let fingerprint = airgap_bundle::sign::fingerprint(key_id);
     format!(
         "airgap: install k3s on machines without internet access\n\
          ========================================================\n\
+         \n\
+         First, trust nothing on this stick by itself. Whoever could write to it\n\
+         could have replaced the bundle, the key and the installer together, and\n\
+         signed their own bundle. Compare the key's id with the fingerprint you\n\
+         were given out of band (on paper, by phone; never from this stick):\n\
+         \n\
+         \x20 {key}: key id {key_id}, fingerprint {fingerprint}\n\
+         \n\
+         and give every install that id with --expect-key-id (or AIRGAP_KEY_ID),\n\
+         typed from what you were given, so that a swapped key is refused. Prefer\n\
+         an airgap binary you brought yourself to the one on the stick.\n\
          \n\
          On this stick:\n\
          {what}\
@@ -469,6 +481,7 @@ pub fn readme(bundle: &str, parts: &[String], key: &str, key_id: &str) -> String
          \n\
          On every node, as root, first:\n\
          \n\
+         \x20 export AIRGAP_KEY_ID='<the key id you were given>'\n\
          \x20 install -m 0755 {usb}/airgap /usr/local/bin/airgap\n\
          \x20 airgap bundle verify {usb}/{bundle} --key {usb}/{key}\n\
          \n\
@@ -552,5 +565,13 @@ mod tests {
         assert!(text.contains("b.tar.zst.part000 .. b.tar.zst.part001"));
         assert!(text.contains("airgap token --out /media/usb/node-token"));
         assert!(readme("b.tar.zst", &[], "k.pub", "AB").contains("  b.tar.zst\n"));
+        // The out-of-band check comes before every command.
+        let check = text
+            .find("fingerprint you\nwere given out of band")
+            .unwrap();
+        let first_command = text.find("install -m 0755").unwrap();
+        assert!(check < first_command, "{text}");
+        assert!(text.contains("key id ABCD, fingerprint ABCD"), "{text}");
+        assert!(text.contains("AIRGAP_KEY_ID"), "{text}");
     }
 }

@@ -35,7 +35,10 @@ fn options(args: InstallArgs) -> InstallOptions {
     InstallOptions {
         bundle: BundleSource::from_arg(&args.bundle),
         verification: match args.key {
-            Some(key) => Verification::Key(key),
+            Some(path) => Verification::Key {
+                path,
+                expect_id: args.expect_key_id,
+            },
             None => Verification::InsecureSkipSignature,
         },
         role,

@@ -204,3 +204,39 @@ fn an_older_bundle_is_not_installed_over_a_newer_one() {
         serde_json::from_str(&std::fs::read_to_string(bed.path(INSTALL_RECORD)).unwrap()).unwrap();
     assert_eq!(record["created"], older.meta.created);
 }
+
+/// A stick whose key was swapped (with a bundle signed by it) passes every
+/// check that trusts the stick; the key id the site was given out of band
+/// does not match it, and the install is refused before anything is
+/// written. The right id, in any spelling of it, installs.
+#[test]
+fn a_key_that_is_not_the_expected_one_is_refused() {
+    let bed = InstallBed::start();
+    let given = airgap_bundle::sign::public_key_id(
+        &airgap_bundle::sign::load_public_key(&bed.pub_key).unwrap(),
+    );
+    let before = tree(bed.root());
+    let args = no_start_server_args(&bed.cd, bed.port);
+    let install = |expect: &str| {
+        let mut cmd = bed.install_cmd(&bed.bundle, bed.root(), &[]);
+        // Before the arguments: they end with `-- <k3s flags>`.
+        cmd.args(["--expect-key-id", expect]).args(&args);
+        run(&mut cmd)
+    };
+    let out = install("0123456789ABCDEF");
+    support::assert_fails_naming(
+        &out,
+        "a key other than the expected one",
+        &[&given, "0123456789ABCDEF"],
+    );
+    assert_same_tree(&before, &tree(bed.root()), "a refused key");
+
+    let spaced = airgap_bundle::sign::fingerprint(&given.to_lowercase());
+    let out = install(&spaced);
+    assert_ok(&out, "the expected key, as a fingerprint");
+    assert!(
+        support::stdout(&out).contains(&format!("key id {given}")),
+        "{}",
+        support::stdout(&out)
+    );
+}

@@ -53,6 +53,9 @@ pub struct InstallReport {
     pub role: Role,
     pub k3s_version: String,
     pub bundle: Digest,
+    /// The id of the key the bundle's signature was checked with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// `--dry-run`: nothing was changed; `plan` is what would be done.
     pub dry_run: bool,
     /// False when a second identical run found everything in place.
@@ -83,6 +86,13 @@ impl fmt::Display for InstallReport {
             return write!(f, "\npreflight:\n{}", self.preflight);
         }
         writeln!(f, "{}", self.preflight)?;
+        if let Some(id) = &self.key_id {
+            writeln!(
+                f,
+                "signature: checked with key id {id} (fingerprint {})",
+                airgap_bundle::sign::fingerprint(id)
+            )?;
+        }
         if let Some(images) = &self.images {
             writeln!(
                 f,
@@ -159,6 +169,7 @@ fn run(
             role: opts.role,
             k3s_version: plan.k3s_version.clone(),
             bundle: plan.bundle,
+            key_id: checked.key_id.clone(),
             dry_run: true,
             changed: false,
             files_written: Vec::new(),
@@ -254,6 +265,7 @@ fn run(
         role: plan.role,
         k3s_version: plan.k3s_version.clone(),
         bundle: plan.bundle,
+        key_id: checked.key_id.clone(),
         dry_run: false,
         changed: changed || started.restarted,
         files_written,

@@ -35,8 +35,13 @@ impl Runtime {
 /// How the bundle's signature is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    /// Against this public key (minisign format).
-    Key(PathBuf),
+    /// Against this public key (minisign format), whose id must be the
+    /// expected one when one is given (`--expect-key-id`, AIRGAP_KEY_ID:
+    /// the fingerprint the site got out of band, not from the stick).
+    Key {
+        path: PathBuf,
+        expect_id: Option<String>,
+    },
     /// Not at all (`--insecure-skip-signature`); checksums still are.
     InsecureSkipSignature,
 }
@@ -103,6 +108,8 @@ pub fn https_port(extra: &[String]) -> u16 {
 pub(super) struct Checked {
     pub token: Option<String>,
     pub trust: Trust,
+    /// The id of the key the bundle must be signed with.
+    pub key_id: Option<String>,
 }
 
 /// Reads the token and the key and checks that the flags fit together.
@@ -120,17 +127,35 @@ pub(super) fn check(opts: &InstallOptions) -> anyhow::Result<Checked> {
             None => format!("{source} cannot be used"),
         })?;
     }
-    let trust = match &opts.verification {
-        Verification::Key(k) => Trust::Key(airgap_bundle::sign::load_public_key(k)?),
+    let (trust, key_id) = match &opts.verification {
+        Verification::Key { path, expect_id } => {
+            let key = airgap_bundle::sign::load_public_key(path)?;
+            let id = airgap_bundle::sign::public_key_id(&key);
+            if let Some(expected) = expect_id {
+                if !airgap_bundle::sign::same_key_id(&id, expected) {
+                    bail!(
+                        "the key {} has id {id} ({}), not the expected {expected}: it is not the \
+                         key you were given; nothing was installed",
+                        path.display(),
+                        airgap_bundle::sign::fingerprint(&id)
+                    );
+                }
+            }
+            (Trust::Key(key), Some(id))
+        }
         Verification::InsecureSkipSignature => {
             tracing::warn!(
                 "installing {} without checking its signature (--insecure-skip-signature)",
                 opts.bundle
             );
-            Trust::SkipSignature
+            (Trust::SkipSignature, None)
         }
     };
-    Ok(Checked { token, trust })
+    Ok(Checked {
+        token,
+        trust,
+        key_id,
+    })
 }
 
 /// The join token's text, trimmed.
