@@ -134,6 +134,26 @@ pub fn fingerprint(key_id: &str) -> String {
         .join(" ")
 }
 
+/// The id of `key` (read from `path`), refused unless it is `expected`
+/// when one is given: the id the site was handed out of band.
+pub fn expect_key_id(
+    key: &PublicKey,
+    path: &Path,
+    expected: Option<&str>,
+) -> anyhow::Result<String> {
+    let id = public_key_id(key);
+    if let Some(expected) = expected {
+        if !same_key_id(&id, expected) {
+            anyhow::bail!(
+                "the key {} has id {id} ({}), not the expected {expected}: it is not the key you were given",
+                path.display(),
+                fingerprint(&id)
+            );
+        }
+    }
+    Ok(id)
+}
+
 /// Whether two key ids are the same, however they are written (case,
 /// spaces, dashes or colons between the digits).
 pub fn same_key_id(a: &str, b: &str) -> bool {

@@ -5,15 +5,7 @@ use airgap_bundle::sign::load_public_key;
 
 pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let key = load_public_key(&args.key)?;
-    if let Some(expected) = &args.expect_key_id {
-        let id = airgap_bundle::sign::public_key_id(&key);
-        if !airgap_bundle::sign::same_key_id(&id, expected) {
-            anyhow::bail!(
-                "the key {} has id {id}, not the expected {expected}: it is not the key you were given",
-                args.key.display()
-            );
-        }
-    }
+    airgap_bundle::sign::expect_key_id(&key, &args.key, args.expect_key_id.as_deref())?;
     let verified = airgap_bundle::inspect::verify_file(&args.bundle, key)?;
     super::print_result(&verified, args.json)
 }

@@ -130,17 +130,8 @@ pub(super) fn check(opts: &InstallOptions) -> anyhow::Result<Checked> {
     let (trust, key_id) = match &opts.verification {
         Verification::Key { path, expect_id } => {
             let key = airgap_bundle::sign::load_public_key(path)?;
-            let id = airgap_bundle::sign::public_key_id(&key);
-            if let Some(expected) = expect_id {
-                if !airgap_bundle::sign::same_key_id(&id, expected) {
-                    bail!(
-                        "the key {} has id {id} ({}), not the expected {expected}: it is not the \
-                         key you were given; nothing was installed",
-                        path.display(),
-                        airgap_bundle::sign::fingerprint(&id)
-                    );
-                }
-            }
+            let id = airgap_bundle::sign::expect_key_id(&key, path, expect_id.as_deref())
+                .context("nothing was installed")?;
             (Trust::Key(key), Some(id))
         }
         Verification::InsecureSkipSignature => {
