@@ -149,17 +149,27 @@ impl AtomicFile {
     }
 }
 
+/// Writes a small file whole, published by rename: with `mode`, or the mode
+/// of the file it replaces (else 0644) when `None`. A link at `path` is
+/// replaced, not followed.
+pub fn write_whole(path: &Path, bytes: &[u8], mode: Option<u32>) -> anyhow::Result<()> {
+    let written = || -> anyhow::Result<()> {
+        let mut f = match mode {
+            Some(mode) => AtomicFile::create_with_mode(path, mode, ModeSupport::Required)?,
+            None => AtomicFile::create(path)?,
+        };
+        f.write_all(bytes)?;
+        f.commit()?;
+        Ok(())
+    };
+    written().with_context(|| format!("writing {}", path.display()))
+}
+
 /// Writes a secret (a token, a secret key): the temporary file is created
 /// 0600 and stays so, and it replaces whatever is at `path` by rename, so an
 /// existing file's wider mode is not kept and a link there is not followed.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = AtomicFile::create_with_mode(path, 0o600, ModeSupport::Required)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.commit()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    write_whole(path, bytes, Some(0o600))
 }
 
 impl Write for AtomicFile {

@@ -1,11 +1,10 @@
 //! Key files on disk: a new key pair written as `NAME.key` (secret, 0600)
 //! and `NAME.pub`, refusing to replace existing ones unless told to.
 
-use crate::atomic::{write_private, AtomicFile};
+use crate::atomic::{write_private, write_whole};
 use crate::sign::generate;
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The key pair `airgap keygen` wrote.
@@ -56,12 +55,7 @@ pub fn write_key_pair(
     }
     let keys = generate(password)?;
     write_private(&secret_key, keys.secret_key_file.as_bytes())?;
-    let mut f =
-        AtomicFile::create_with_mode(&public_key, 0o644, crate::atomic::ModeSupport::Required)
-            .with_context(|| format!("writing {}", public_key.display()))?;
-    f.write_all(keys.public_key_file.as_bytes())
-        .with_context(|| format!("writing {}", public_key.display()))?;
-    f.commit()?;
+    write_whole(&public_key, keys.public_key_file.as_bytes(), Some(0o644))?;
     Ok(KeyPairFiles {
         secret_key,
         public_key,

@@ -23,7 +23,7 @@ use crate::release::{self, ReleaseAssets, ReleaseSource};
 use crate::space::SpaceWatch;
 use crate::store::BlobStore;
 use crate::summary::{BuildSummary, ImageSummary};
-use airgap_bundle::atomic::AtomicFile;
+use airgap_bundle::atomic::{write_whole, AtomicFile};
 use airgap_bundle::digest::{Digest, HashingWriter};
 use airgap_bundle::images_lock::{ImagesLock, LockedImage, LOCK_NAME};
 use airgap_bundle::meta::SCHEMA_VERSION;
@@ -334,9 +334,7 @@ fn build_stages(
     progress.recording(&opts.lock_path, lock_text.len() as u64);
     let final_lock_text = if lock_updated {
         let text = lock.render();
-        let mut f = AtomicFile::create(&opts.lock_path)?;
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.commit()?;
+        write_whole(&opts.lock_path, text.as_bytes(), None)?;
         text
     } else {
         lock_text

@@ -10,7 +10,7 @@
 //! again before a run uses it (see [`BlobStore::verify_present`]).
 
 use crate::store::BlobStore;
-use airgap_bundle::atomic::AtomicFile;
+use airgap_bundle::atomic::write_whole;
 use airgap_bundle::digest::Digest;
 use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
@@ -65,9 +65,7 @@ pub fn remember_url(store: &BlobStore, url: &str, digest: &Digest) -> Result<()>
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = AtomicFile::create(&path)?;
-    std::io::Write::write_all(&mut f, format!("{}\n", digest.hex()).as_bytes())?;
-    f.commit()?;
+    write_whole(&path, format!("{}\n", digest.hex()).as_bytes(), None)?;
     Ok(())
 }
 

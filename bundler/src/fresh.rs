@@ -25,7 +25,7 @@ use crate::cache;
 use crate::release::ReleaseSource;
 use crate::store::BlobStore;
 use crate::summary::BuildSummary;
-use airgap_bundle::atomic::AtomicFile;
+use airgap_bundle::atomic::write_whole;
 use airgap_bundle::digest::Digest;
 use airgap_bundle::split;
 use airgap_bundle::write::Compression;
@@ -192,9 +192,7 @@ pub fn record(cache_dir: &Path, output: &Path, fingerprint: Digest, summary: &Bu
         };
         let path = record_path(cache_dir, output);
         std::fs::create_dir_all(path.parent().expect("a record path has a parent"))?;
-        let mut f = AtomicFile::create(&path)?;
-        std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(&record)?)?;
-        f.commit()?;
+        write_whole(&path, &serde_json::to_vec_pretty(&record)?, None)?;
         Ok(())
     };
     if let Err(e) = write() {

@@ -28,7 +28,7 @@ use crate::registry::{
 };
 use crate::release::{self, ReleaseSource};
 use crate::store::BlobStore;
-use airgap_bundle::atomic::AtomicFile;
+use airgap_bundle::atomic::write_whole;
 use airgap_bundle::digest::Digest;
 use airgap_bundle::images_lock::{ImagesLock, LockedImage, LOCK_NAME, LOCK_VERSION};
 use airgap_bundle::oci::{AnyManifest, Descriptor, Platform};
@@ -638,10 +638,7 @@ pub fn lock(opts: &LockOptions, handle: &Handle) -> Result<LockReport> {
     let text = new.render();
     let written = !opts.check && old_text.as_deref() != Some(text.as_str());
     if written {
-        let mut f = AtomicFile::create(&opts.lock_path)
-            .with_context(|| format!("writing {}", opts.lock_path.display()))?;
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.commit()?;
+        write_whole(&opts.lock_path, text.as_bytes(), None)?;
     }
     Ok(LockReport {
         lock: opts.lock_path.clone(),

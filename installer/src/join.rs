@@ -265,10 +265,7 @@ pub fn export_token(
         Some(cluster) => {
             let path = crate::cluster::cluster_file_for(out);
             let text = serde_json::to_string_pretty(&cluster)?;
-            let mut f = airgap_bundle::atomic::AtomicFile::create(&path)
-                .with_context(|| format!("writing {}", path.display()))?;
-            std::io::Write::write_all(&mut f, text.as_bytes())?;
-            f.commit()?;
+            airgap_bundle::atomic::write_whole(&path, text.as_bytes(), None)?;
             Some(path)
         }
         None => None,

@@ -16,7 +16,6 @@ use tokio::runtime::Handle;
 /// Runs one parsed command.
 pub fn run(command: Command) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()?;
     let handle = runtime.handle();
