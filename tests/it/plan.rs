@@ -137,3 +137,27 @@ fn a_bundle_on_standard_input_installs_in_one_pass() {
     }
     stop_standins(bed.root());
 }
+
+/// A bundle cut off on standard input (a dropped SSH connection) is refused
+/// like a truncated file: nothing written, nothing left in containerd.
+#[test]
+fn a_bundle_cut_off_on_standard_input_is_refused_and_changes_nothing() {
+    let bed = InstallBed::start();
+    let before = tree(bed.root());
+    let bytes = std::fs::read(&bed.bundle).unwrap();
+    let cut = bed.scratch.path().join("cut.airgap.tar.zst");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let mut cmd = bed.install_cmd(Path::new("-"), bed.root(), &bed.server_args());
+    let out = cmd
+        .stdin(std::fs::File::open(&cut).unwrap())
+        .output()
+        .unwrap();
+    support::assert_fails_naming(
+        &out,
+        "a bundle cut off on stdin",
+        &["<standard input>", "not valid"],
+    );
+    assert_same_tree(&before, &tree(bed.root()), "a bundle cut off on stdin");
+    assert_containerd_untouched(&bed.cd, &Default::default(), "a bundle cut off on stdin");
+    assert_not_started(bed.root(), bed.port);
+}
